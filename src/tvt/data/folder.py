@@ -1,0 +1,195 @@
+"""RGB image loading (spec §1.5) and the class-folder dataset (spec §1.4)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+from PIL import Image, ImageOps
+
+from tvt.data.layout import IMG_EXTENSIONS, drop_outliers, list_images
+from tvt.errors import DataError
+
+ALPHA_BACKGROUNDS = ("white", "none")
+DEFAULT_MAX_PIXELS = 100_000_000
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+class ImageReadError(DataError):
+    """An image file that cannot be decoded; ``kind`` is ``unreadable_image`` or ``truncated_image``."""
+
+    # Defaults let a DataLoader worker re-raise it in the main process as ``ImageReadError(msg)``.
+    def __init__(self, message: str, kind: str = "unreadable_image", path: Path | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.path = path
+
+
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` with PIL and decode it fully; raise :class:`ImageReadError` if that fails.
+
+    The pixel count is checked before decoding, so a decompression bomb is refused cheaply.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels limit decides; PIL's warning threshold is lower and noisy.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            img.close()
+            raise ImageReadError(f"image {path} is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}: "
+                                 "resize it or raise max_pixels", "unreadable_image", path)
+        img.load()
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"image {path} is too large to decode safely ({exc}); resize it",
+                             "unreadable_image", path) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL says "truncated" for files cut short; everything else is an unreadable file.
+        truncated = isinstance(exc, EOFError) or "truncat" in str(exc).lower()
+        kind = "truncated_image" if truncated else "unreadable_image"
+        what = "is truncated" if truncated else "cannot be read as an image"
+        raise ImageReadError(f"image {path} {what} ({type(exc).__name__}: {exc}); "
+                             "re-export or delete it (`tvt data check` lists all such files)", kind, path) from exc
+    return img
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """True when ``img`` carries an alpha channel or a transparent colour (palette / tRNS)."""
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
+
+
+def _wide_grey_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> 8-bit ``L`` by scaling, not clipping.
+
+    ``I;16*`` is scaled by 255/65535. ``I`` holds 16-bit PNG data in older Pillow versions, so it is
+    scaled the same way when its values exceed 255; ``F`` is taken as [0, 1] when its maximum is
+    at most 1, else as [0, 255].
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+    elif img.mode == "I":
+        scale = 255.0 / 65535.0 if arr.size and arr.max() > 255 else 1.0
+    else:
+        scale = 255.0 / 65535.0
+    out = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def to_rgb(img: Image.Image, alpha_background: str = "white") -> Image.Image:
+    """Convert a decoded image to 3-channel RGB.
+
+    ``"none"`` is the official plain ``convert("RGB")`` (spec §1.5): transparent pixels keep the
+    colour stored under them, which is often black. ``"white"`` composites transparency on white
+    (so a transparent-background sketch stays black-on-white) and scales 16-bit greyscale to 8 bit.
+    """
+    if alpha_background not in ALPHA_BACKGROUNDS:
+        raise DataError(f"alpha_background must be one of {ALPHA_BACKGROUNDS}, got {alpha_background!r}")
+    if alpha_background == "none" or img.mode == "RGB":
+        return img.convert("RGB")
+    if img.mode in _WIDE_GREY_MODES:
+        img = _wide_grey_to_l(img)  # tRNS on 16-bit grey is rare and dropped here
+    if has_alpha(img):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, alpha_background: str = "white", *,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS, exif_transpose: bool = False) -> Image.Image:
+    """Load ``path`` as an RGB PIL image (spec §1.5).
+
+    ``alpha_background="white"`` composites transparency on white and scales 16-bit greyscale;
+    ``"none"`` is the official plain ``convert("RGB")``. Raises :class:`DataError` (an
+    :class:`ImageReadError`) for unreadable or truncated files and images above ``max_pixels``.
+    ``exif_transpose=True`` applies the EXIF orientation (useful for phone photos; the benchmarks
+    never used it).
+    """
+    original = open_image(path, max_pixels=max_pixels)
+    try:
+        img = ImageOps.exif_transpose(original) if exif_transpose else original
+        return to_rgb(img, alpha_background)
+    except ValueError as exc:  # e.g. a colour mode PIL cannot convert to RGB (LAB, HSV)
+        raise ImageReadError(f"image {path} (mode {original.mode}) cannot be converted to RGB: {exc}; "
+                             "re-export it as RGB or greyscale", "unreadable_image", Path(path)) from exc
+    finally:
+        original.close()
+
+
+class ClassFolder(torch.utils.data.Dataset):
+    """Images under ``modality_root/<class>/**`` for a caller-given class list (spec §1.4).
+
+    ``classes`` is sorted (without changing the caller's list) and ``class_to_idx[c]`` is the
+    position of ``c`` in it. Samples are gathered class by class in that order with
+    :func:`~tvt.data.layout.list_images`. A class without a folder is skipped, keeping its label
+    reserved, and is recorded in ``missing_classes``. Outliers are dropped only when they sit
+    directly in ``<class>/`` [Q31]; the dropped paths are in ``outliers_removed``.
+
+    ``__getitem__(i)`` returns ``(transform(img), label)``, or ``(transform(img), i)`` with
+    ``return_index=True`` (the evaluation variant; labels are then read from ``targets``).
+    """
+
+    def __init__(self, modality_root: Path, classes: Sequence[str], transform: Callable[[Image.Image], Any] | None = None,
+                 *, outliers: Mapping[str, Iterable[str]] | None = None, return_index: bool = False,
+                 alpha_background: str = "white", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        root = Path(modality_root)
+        if not root.is_dir():
+            raise DataError(f"image folder {root} does not exist: expected {root}/<class>/<images>")
+        names = list(classes)
+        if not names:
+            raise DataError(f"empty class list for {root}: check the split files")
+        dupes = sorted(c for c, n in Counter(names).items() if n > 1)
+        if dupes:
+            raise DataError(f"class list for {root} has duplicates: {', '.join(map(repr, dupes))}")
+        if any(not c.strip() for c in names):
+            raise DataError(f"class list for {root} contains an empty class name; remove blank lines [Q30]")
+        if alpha_background not in ALPHA_BACKGROUNDS:
+            raise DataError(f"alpha_background must be one of {ALPHA_BACKGROUNDS}, got {alpha_background!r}")
+        self.root = root
+        self.classes: list[str] = sorted(names)
+        self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self.transform = transform
+        self.return_index = return_index
+        self.alpha_background = alpha_background
+        self.max_pixels = max_pixels
+        self.missing_classes: list[str] = []
+        self.outliers_removed: list[Path] = []
+        self.samples: list[tuple[Path, int]] = []
+        drop = {c: tuple(v) for c, v in (outliers or {}).items()}
+        for c in self.classes:
+            class_dir = root / c
+            if not class_dir.is_dir():
+                self.missing_classes.append(c)
+                continue
+            kept, removed = drop_outliers(list_images(class_dir), class_dir, drop.get(c, ()))
+            self.outliers_removed.extend(removed)
+            self.samples.extend((path, self.class_to_idx[c]) for path in kept)
+        if not self.samples:
+            raise DataError(f"no images found under {root} for {len(self.classes)} class(es) "
+                            f"(e.g. {self.classes[0]!r}); supported extensions: {' '.join(IMG_EXTENSIONS)}")
+        self.targets: list[int] = [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img: Any = load_rgb(path, self.alpha_background, max_pixels=self.max_pixels)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, (index if self.return_index else label)
+
+    def __repr__(self) -> str:
+        return (f"ClassFolder(root={str(self.root)!r}, classes={len(self.classes)}, samples={len(self.samples)}, "
+                f"missing_classes={len(self.missing_classes)})")

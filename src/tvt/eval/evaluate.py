@@ -1,0 +1,182 @@
+"""Stage C: zero-shot evaluation — sketch queries of the unseen classes against their photos.
+
+Spec §6.1: evaluation classes are ``<split>_classes.txt`` (sorted, labels 0..T-1); gallery = every
+photo of those classes; queries = every sketch minus the Sketchy outliers; eval transform (plain
+resize [Q29]); features L2-normalised; cosine scores; metrics of §6.2. The class lists stored in
+the checkpoint are checked against the split, and an evaluation on training classes is refused
+unless ``eval.use_train`` asks for seen-class retrieval.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tvt.config import Config
+from tvt.data.folder import ClassFolder
+from tvt.data.layout import Split, load_split, outliers_for
+from tvt.data.transforms import eval_transform
+from tvt.errors import DataError
+from tvt.eval import report
+from tvt.eval.extract import extract_features
+from tvt.eval.metrics import retrieval_metrics
+
+Encode = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalSets:
+    classes: list[str]
+    sketches: ClassFolder
+    photos: ClassFolder
+
+
+def eval_classes(split: Split, state: dict[str, Any] | None, use_train: bool) -> list[str]:
+    """The classes to evaluate on, after checking the checkpoint's class lists against the split."""
+    if state is not None and "train_classes" in state:
+        trained = list(state["train_classes"])
+        if not use_train:
+            leak = sorted(set(trained) & set(split.test_classes))
+            if leak:
+                raise DataError(f"the checkpoint was trained on {len(leak)} of the evaluation classes of split "
+                                f"'{split.split}' ({', '.join(leak[:5])}{'...' if len(leak) > 5 else ''}): this would not be "
+                                "zero-shot. Use the split the model was trained with, or eval.use_train=true for "
+                                "seen-class retrieval on purpose")
+        stored_test = state.get("test_classes")
+        if stored_test is not None and sorted(stored_test) != sorted(split.test_classes) and not use_train:
+            raise DataError(f"the checkpoint's held-out classes ({len(stored_test)}) differ from split '{split.split}' "
+                            f"({len(split.test_classes)} classes); evaluate with the split it was trained with")
+    return list(split.train_classes if use_train else split.test_classes)
+
+
+def build_sets(cfg: Config, classes: list[str], img_size: int) -> EvalSets:
+    root = Path(cfg.data.root) / cfg.data.dataset
+    tf = eval_transform(img_size)
+    sketches = ClassFolder(root / "sketch", classes, tf, outliers=outliers_for(cfg.data.dataset), return_index=True,
+                           alpha_background=cfg.data.alpha_background)
+    photos = ClassFolder(root / "photo", classes, tf, return_index=True, alpha_background=cfg.data.alpha_background)
+    return EvalSets(classes=sorted(classes), sketches=sketches, photos=photos)
+
+
+def extract_sets(sets: EvalSets, encode_img: Encode, encode_skt: Encode, *, batch_size: int, device: torch.device,
+                 num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """Raw features and labels of both modalities."""
+    return {
+        "q": extract_features(encode_skt, sets.sketches, batch_size=batch_size, device=device, num_workers=num_workers,
+                              desc="sketch features", progress=progress),
+        "q_labels": np.asarray(sets.sketches.targets, dtype=np.int64),
+        "g": extract_features(encode_img, sets.photos, batch_size=batch_size, device=device, num_workers=num_workers,
+                              desc="photo features", progress=progress),
+        "g_labels": np.asarray(sets.photos.targets, dtype=np.int64),
+    }
+
+
+def score_features(feats: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
+    """The metrics of §6.2 (+ binary codes when ``eval.binary_bits``); per-query values kept."""
+    e = cfg.eval
+    m = retrieval_metrics(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"], ks_map=tuple(e.map_k),
+                          ks_prec=tuple(e.prec_k), return_per_query=True)
+    if e.binary_bits:
+        from tvt.eval.binary import fit_itq
+
+        itq = fit_itq(feats["g"], n_bits=e.binary_bits)
+        b = retrieval_metrics(itq.encode(feats["q"]), feats["q_labels"], itq.encode(feats["g"]), feats["g_labels"],
+                              ks_map=tuple(e.map_k), ks_prec=tuple(e.prec_k), scores="hamming")
+        m.update({f"binary{e.binary_bits}/{k}": v for k, v in b.items() if k not in ("per_query",)})
+    return m
+
+
+def public_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without the per-query arrays (for tables and JSON)."""
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in m.items() if k != "per_query"}
+
+
+def write_reports(out_dir: Path, name: str, sets: EvalSets, feats: dict[str, np.ndarray], m: dict[str, Any],
+                  cfg: Config) -> dict[str, Path]:
+    """results JSON, per-class CSV + bar chart, retrieval grid PNG and the feature files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{name}_results.json", "csv": out_dir / f"{name}_per_class.csv",
+             "bar": out_dir / f"{name}_per_class.png", "grid": out_dir / f"{name}_retrievals.png"}
+    report.write_results(public_metrics(m), paths["json"])
+    rows = report.per_class_table(m["per_query"], feats["q_labels"], sets.classes)
+    report.write_per_class_csv(rows, paths["csv"])
+    report.plot_per_class_bar(rows, paths["bar"], metric="mAP@all")
+    _grid(sets, feats, paths["grid"], cfg.eval.grid_queries, cfg.eval.grid_k)
+    np.savez(out_dir / f"{name}_queries.npz", features=feats["q"], labels=feats["q_labels"])
+    np.savez(out_dir / f"{name}_gallery.npz", features=feats["g"], labels=feats["g_labels"])
+    return paths
+
+
+def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int) -> None:
+    """Top-k photos for one query of each of the first ``n_queries`` classes."""
+    q = feats["q"] / np.maximum(np.linalg.norm(feats["q"], axis=1, keepdims=True), 1e-12)
+    g = feats["g"] / np.maximum(np.linalg.norm(feats["g"], axis=1, keepdims=True), 1e-12)
+    ql, gl = feats["q_labels"], feats["g_labels"]
+    picks = []
+    for c in np.unique(ql)[:n_queries]:
+        idx = np.flatnonzero(ql == c)
+        picks.append(int(idx[len(idx) // 2]))
+    scores = q[picks] @ g.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    query_paths = [sets.sketches.samples[i][0] for i in picks]
+    ranked = [[sets.photos.samples[j][0] for j in row] for row in order]
+    correct = gl[order] == ql[picks][:, None]
+    report.retrieval_grid(query_paths, ranked, correct, path, k=k)
+
+
+def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progress: bool = True,
+             name: str = "tvt") -> dict[str, Any]:
+    """Evaluate a checkpoint (TVT student or a plain ViT) on the split of ``cfg``; write reports."""
+    from tvt.engine.distributed import pick_device
+    from tvt.models.weights import load_encoder, read_checkpoint
+
+    dev = pick_device(device)
+    split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
+    state = read_checkpoint(checkpoint)
+    classes = eval_classes(split, state, cfg.eval.use_train)
+    del state
+    enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)
+    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size)
+    feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
+                         device=dev, num_workers=cfg.data.num_workers, progress=progress)
+    m = score_features(feats, cfg)
+    out_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(checkpoint).parent / "eval"
+    paths = write_reports(out_dir, name, sets, feats, m, cfg)
+    result = public_metrics(m)
+    result["files"] = {k: str(v) for k, v in paths.items()}
+    return result
+
+
+def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = False, device: str = "auto",
+                progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Image->image and sketch->sketch retrieval on the evaluation classes (spec §6.4).
+
+    The official protocol keeps the query in the gallery [Q32]; ``exclude_self`` removes it.
+    """
+    from tvt.engine.distributed import pick_device
+    from tvt.models.weights import load_encoder, read_checkpoint
+
+    dev = pick_device(device)
+    split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
+    classes = eval_classes(split, read_checkpoint(checkpoint), cfg.eval.use_train)
+    enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)
+    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size)
+    feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
+                         device=dev, num_workers=cfg.data.num_workers, progress=progress)
+    e = cfg.eval
+    out = {}
+    for name, (x, y) in {"i2i": (feats["g"], feats["g_labels"]), "s2s": (feats["q"], feats["q_labels"])}.items():
+        out[name] = public_metrics(retrieval_metrics(x, y, x, y, ks_map=tuple(e.map_k), ks_prec=tuple(e.prec_k),
+                                                     exclude_self=exclude_self))
+    return out
+
+
+def save_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float))
