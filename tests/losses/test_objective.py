@@ -136,6 +136,6 @@ def test_adamw_steps_reduce_the_total():
         return res["loss"].item()
 
     first = step("img") + step("skt")
-    for _ in range(40):
+    for _ in range(12):
         last = step("img") + step("skt")
-    assert last < 0.8 * first
+    assert last < 0.6 * first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,35 +30,48 @@ class ImageReadError(DataError):
         self.path = path
 
 
+def read_error_kind(exc: BaseException, path: Path) -> str:
+    """``truncated_image`` when PIL reports a file cut short, else ``unreadable_image``."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "unreadable_image"
+    message = str(exc).replace(str(path), "").lower()  # the path itself may contain the word
+    return "truncated_image" if isinstance(exc, EOFError) or "truncat" in message else "unreadable_image"
+
+
 def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open ``path`` with PIL and decode it fully; raise :class:`ImageReadError` if that fails.
 
-    The pixel count is checked before decoding, so a decompression bomb is refused cheaply.
+    The pixel count is checked before decoding, so a decompression bomb is refused cheaply (PIL's
+    own, higher ``Image.MAX_IMAGE_PIXELS`` guard still applies on top).
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # Our own max_pixels limit decides; PIL's warning threshold is lower and noisy.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        w, h = img.size
-        if max_pixels is not None and w * h > max_pixels:
-            img.close()
-            raise ImageReadError(f"image {path} is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}: "
-                                 "resize it or raise max_pixels", "unreadable_image", path)
-        img.load()
+        return _open_and_load(path, max_pixels)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"image {path} is too large to decode safely ({exc}); resize it",
                              "unreadable_image", path) from exc
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"image {path} does not exist", "unreadable_image", path) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # PIL says "truncated" for files cut short; everything else is an unreadable file.
-        truncated = isinstance(exc, EOFError) or "truncat" in str(exc).lower()
-        kind = "truncated_image" if truncated else "unreadable_image"
-        what = "is truncated" if truncated else "cannot be read as an image"
+        kind = read_error_kind(exc, path)
+        what = "is truncated" if kind == "truncated_image" else "cannot be read as an image"
         raise ImageReadError(f"image {path} {what} ({type(exc).__name__}: {exc}); "
                              "re-export or delete it (`tvt data check` lists all such files)", kind, path) from exc
+
+
+def _open_and_load(path: Path, max_pixels: int | None) -> Image.Image:
+    img = Image.open(path)
+    try:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageReadError(f"image {path} is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}: "
+                                 "resize it or raise max_pixels", "unreadable_image", path)
+        img.load()
+    except BaseException:
+        img.close()  # do not leak the file handle of a broken image
+        raise
     return img
 
 
@@ -83,7 +95,7 @@ def _wide_grey_to_l(img: Image.Image) -> Image.Image:
     else:
         scale = 255.0 / 65535.0
     out = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
-    return Image.fromarray(out, mode="L")
+    return Image.fromarray(out)  # 2-D uint8 -> mode "L"
 
 
 def to_rgb(img: Image.Image, alpha_background: str = "white") -> Image.Image:

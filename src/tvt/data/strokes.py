@@ -20,8 +20,10 @@ antialiasing by default; ``antialias=True`` shades the one-pixel rim by coverage
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ class StrokeRecord:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def parse_drawing(obj: object, where: str) -> Drawing:
@@ -196,6 +198,15 @@ def _ink_segment(ink: np.ndarray, p: tuple[float, float], q: tuple[float, float]
     np.maximum(window, cover, out=window)
 
 
+def check_render_options(size: int, line_width: float, padding: int) -> None:
+    """InputError unless size >= 1, line_width > 0 and 0 <= padding <= (size - 1) / 2."""
+    if int(size) < 1 or not line_width > 0 or padding < 0 or size - 1 - 2 * padding < 0:
+        raise InputError(
+            f"cannot render strokes with size={size}, line_width={line_width}, padding={padding}: "
+            "need size >= 1, line_width > 0 and 0 <= padding <= (size - 1) / 2"
+        )
+
+
 def render_strokes(
     drawing: Sequence[Sequence[Sequence[float]]],
     size: int = 256,
@@ -211,11 +222,7 @@ def render_strokes(
     when its centre is within ``line_width / 2`` of a segment (no antialiasing unless asked).
     Deterministic: the same drawing and options always give the same pixels.
     """
-    if int(size) < 1 or line_width <= 0 or padding < 0 or size - 1 - 2 * padding < 0:
-        raise InputError(
-            f"cannot render strokes with size={size}, line_width={line_width}, padding={padding}: "
-            "need size >= 1, line_width > 0 and 0 <= padding <= (size - 1) / 2"
-        )
+    check_render_options(size, line_width, padding)
     strokes = parse_drawing([[list(s[0]), list(s[1])] for s in drawing], "drawing")
     ink = np.zeros((int(size), int(size)), dtype=np.float64)
     radius = float(line_width) / 2.0
@@ -243,27 +250,36 @@ def render_stroke_file(
 
     Files are named by ``key_id`` when the record has one (QuickDraw-Extended names its sketches
     the same way), else ``line<N>.png``; a repeated name gets ``-line<N>`` appended. At most
-    ``max_drawings`` drawings are rendered, in file order. The whole file is validated first, so a
-    bad line raises DataError before anything is written.
+    ``max_drawings`` drawings are rendered, in file order; the file is streamed, so lines after
+    that limit are not read. A bad line raises DataError naming the file and line (drawings before
+    it are already written: validate with :func:`count_drawings` first when that matters).
     """
-    records = list(iter_stroke_records(path))
-    if not records:
-        raise DataError(f"stroke file {path} contains no drawings")
+    records = iter_stroke_records(path)
     if max_drawings is not None:
-        records = records[:max_drawings]
+        records = itertools.islice(records, max_drawings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     used: set[str] = set()
-    for k, rec in enumerate(records):
+    for rec in records:
         stem = rec.key_id if rec.key_id and _safe_stem(rec.key_id) else f"line{rec.line}"
         if stem in used:
-            stem = f"{stem}-line{rec.line}-{k}"
+            stem = f"{stem}-line{rec.line}"
         used.add(stem)
         target = out / f"{stem}.png"
         render_strokes(rec.drawing, size, line_width, padding, antialias).save(target)
         written.append(target)
+    if not written and max_drawings != 0:
+        raise DataError(f"stroke file {path} contains no drawings")
     return written
+
+
+def count_drawings(path: str | Path, max_drawings: int | None = None) -> int:
+    """Validate a stroke file (up to ``max_drawings`` drawings) and return how many it holds."""
+    records = iter_stroke_records(path)
+    if max_drawings is not None:
+        records = itertools.islice(records, max_drawings)
+    return sum(1 for _ in records)
 
 
 def _safe_stem(text: str) -> bool:

@@ -40,7 +40,8 @@ def cosine_scheduler(
     """Linear warm-up then cosine from ``base`` to ``final``; shape [epochs * niter_per_ep].
 
     The warm-up is ``linspace(start_warmup_value, base, warmup_epochs * niter_per_ep)`` with
-    both ends included, so iteration 0 has ``start_warmup_value``. With
+    both ends included, so iteration 0 has ``start_warmup_value``; with ``warmup_epochs ==
+    epochs`` the whole schedule is the warm-up. With
     ``early_schedule_epochs > 0`` the cosine ends at that epoch and ``final`` is held after it.
     Stage-A EMA momentum: ``cosine_scheduler(0.996, 1, epochs, niter)``.
     """
@@ -50,11 +51,13 @@ def cosine_scheduler(
         raise ConfigError(
             f"early_schedule_epochs={early_schedule_epochs} must lie in [0, epochs={epochs}]"
         )
-    if warmup_epochs < 0 or (warmup_epochs > 0 and warmup_epochs >= end_epochs):
+    # warmup_epochs == epochs is allowed (a pure warm-up, as DINO's code gives): short smoke
+    # runs such as `--set train.epochs=1` with warmup_epochs=1 rely on it.
+    if warmup_epochs < 0 or warmup_epochs > end_epochs:
         raise ConfigError(
-            f"warmup_epochs={warmup_epochs} must be >= 0 and smaller than the "
-            f"{'early_schedule_epochs' if early_schedule_epochs > 0 else 'epochs'}={end_epochs} "
-            "the schedule runs for; lower warmup_epochs or train for more epochs"
+            f"warmup_epochs={warmup_epochs} must lie in [0, "
+            f"{'early_schedule_epochs' if early_schedule_epochs > 0 else 'epochs'}={end_epochs}]; "
+            "lower warmup_epochs or train for more epochs"
         )
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base, warmup_iters)
@@ -63,7 +66,9 @@ def cosine_scheduler(
     return np.concatenate([warmup, cosine, hold]).astype(np.float64)
 
 
-def align_uniform_schedule(weight: float, epochs: int, niter_per_ep: int, au_epochs: int) -> np.ndarray:
+def align_uniform_schedule(
+    weight: float, epochs: int, niter_per_ep: int, au_epochs: int
+) -> np.ndarray:
     """``w_t`` per iteration, shape [epochs * niter_per_ep] (spec §4.7).
 
     0 for epoch 0; then ``λ/2 (1 - cos(pi j / L))`` for ``j = 0..L-1`` with

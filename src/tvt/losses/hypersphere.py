@@ -1,4 +1,7 @@
-"""Hypersphere losses on the fused embedding: uniformity, instance and centre alignment (§4.4-4.5)."""
+"""Hypersphere losses on the fused embedding (spec §4.4-4.5).
+
+Uniformity, instance alignment and the momentum class-centre alignment.
+"""
 
 from __future__ import annotations
 

@@ -67,13 +67,17 @@ def tvt_loss(
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
     crops = [out, *(extra_crops or [])]
-    teachers = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
+    if isinstance(teacher_logits, torch.Tensor):
+        teachers = [teacher_logits]
+    else:
+        teachers = list(teacher_logits)
 
     kd = dino_loss(
         [c.dino_logits for c in crops], teachers, dino_center.center(modality),
         teacher_temp, student_temp,
     )
-    ce = torch.stack([smoothed_cross_entropy(c.cls_logits, labels, smoothing) for c in crops]).mean()
+    ce = torch.stack([smoothed_cross_entropy(c.cls_logits, labels, smoothing) for c in crops])
+    ce = ce.mean()
     total = kd + ce
     zero = torch.zeros((), device=kd.device)
     uni, ca_loss = zero, zero

@@ -1,0 +1,24 @@
+"""Sketch search over your own photos: an on-disk embedding index, search backends, Retriever.
+
+* :func:`update_index` builds or incrementally updates an index directory of a photo folder;
+* :class:`PhotoIndex` reads one;
+* :func:`make_backend` gives exact (torch) or FAISS search over the embeddings;
+* :class:`Retriever` ties index, model and backend together: ``Retriever.from_index(dir).search(q, k)``.
+"""
+
+from tvt.search.backends import BACKEND_NAMES, SearchBackend, make_backend
+from tvt.search.index import IndexReport, ModelIdentity, PhotoIndex, update_index
+from tvt.search.retriever import Retriever, SearchResult, contact_sheet
+
+__all__ = [
+    "BACKEND_NAMES",
+    "IndexReport",
+    "ModelIdentity",
+    "PhotoIndex",
+    "Retriever",
+    "SearchBackend",
+    "SearchResult",
+    "contact_sheet",
+    "make_backend",
+    "update_index",
+]

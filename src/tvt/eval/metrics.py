@@ -1,0 +1,407 @@
+"""Retrieval metrics of spec §6.2: mAP@all, mAP@k and P@k, exact and fast.
+
+Definitions (the official code's, spec §6.2). For one query with score row ``S_q`` over ``N_g``
+gallery items, rank the gallery by descending score; ``rel_j`` says whether the j-th item has the
+query's label and ``N_rel`` counts such items. With ``K = N_g, R = N_rel`` for "all" and
+``K = min(k, N_g), R = min(K, N_rel)`` for "@k":
+
+* ``P_j = (sum_{i<=j} rel_i) / j``, interpolated ``P^_j = max_{j<=j'<=K} P_j'``;
+* ``AP@k = (1/R) sum_{j<=K, rel_j=1} P^_j`` (VOC all-point interpolation on the truncated list);
+* ``P@k = (sum_{j<=K} rel_j) / K``;
+* mAP / P are plain means over all queries (not per class).
+
+Choices: scores are cosine similarities of L2-normalised float32 features (or Hamming codes, see
+:mod:`tvt.eval.binary`); equal scores are ordered by gallery index, a stable descending sort
+[Q33]; a query with no relevant gallery item scores AP = P = 0 (the official code divides by zero).
+
+Speed: a full sort of every score row is what makes the plain algorithm slow. Here only the ranks
+of the relevant items are needed, and for the queries of one class the relevant set is the same.
+Per chunk of same-class queries, each score is put into one of ~G monotone bins spanning the
+relevant scores of its row; a per-row histogram counts the items ranked before every bin, and only
+the few items that share a bin with a relevant item are compared exactly, by a key that encodes
+(score desc, gallery index asc). This gives the exact ranks ``r_1 < r_2 < ...`` of the relevant
+items, from which ``P_{r_i} = i / r_i`` and all metrics follow.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tvt.errors import DataError
+
+_INT64_MAX = torch.iinfo(torch.int64).max
+_CHUNK_ELEMENTS = 1 << 23  # score elements per chunk (~0.3 GB of working memory)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+
+
+def check_features(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` [N, D] as a contiguous float32 CPU tensor; DataError if empty, not 2-D or not finite."""
+    t = _to_tensor(x, name)
+    if t.dim() != 2:
+        raise DataError(f"{name}: expected a 2-D array [N, D] of features, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise DataError(f"{name}: the feature array is empty (shape {tuple(t.shape)}); nothing to evaluate")
+    if not (t.is_floating_point() or t.dtype in _INT_DTYPES or t.dtype == torch.bool):
+        raise DataError(f"{name}: features must be numbers, got dtype {t.dtype}")
+    t = t.to(torch.float32).contiguous()
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0, 0])
+        raise DataError(
+            f"{name}: {int(bad.sum())} NaN/Inf values (first in row {row}); features must be finite — "
+            "check the model's output or re-extract the features"
+        )
+    return t
+
+
+def check_labels(y: Any, n: int, name: str) -> torch.Tensor:
+    """Return labels ``y`` [n] as an int64 CPU tensor; DataError on wrong length or a non-integer dtype."""
+    t = _to_tensor(y, name)
+    if t.dtype not in _INT_DTYPES:
+        raise DataError(
+            f"{name}: labels must be integers (class indices), got dtype {t.dtype}; "
+            "map class names to 0..C-1 before evaluating"
+        )
+    if t.dim() != 1:
+        raise DataError(f"{name}: labels must be a 1-D array, got shape {tuple(t.shape)}")
+    if t.numel() != n:
+        raise DataError(f"{name}: {t.numel()} labels for {n} feature rows; the two must have the same length")
+    return t.to(torch.int64)
+
+
+def check_codes(x: Any, name: str) -> torch.Tensor:
+    """Binary codes [N, B] (bool or 0/1 integers) as float32 ±1 [N, B]; DataError otherwise."""
+    t = _to_tensor(x, name)
+    if t.dim() != 2 or t.numel() == 0:
+        raise DataError(f"{name}: expected a non-empty 2-D array [N, bits] of binary codes, got {tuple(t.shape)}")
+    if t.dtype != torch.bool:
+        if t.dtype not in _INT_DTYPES or bool(((t != 0) & (t != 1)).any()):
+            raise DataError(f"{name}: binary codes must be bool or 0/1 integers (see tvt.eval.binary.ITQ.encode)")
+        t = t != 0
+    return t.to(torch.float32).mul_(2.0).sub_(1.0).contiguous()
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _to_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{name}: cannot be read as an array ({exc})") from exc
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name}: expected numbers, got numpy dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.dtype != np.uint8:
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def l2_normalize(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Rows of ``x`` [N, D] divided by their L2 norm (computed in float64), as float32; zero rows -> DataError."""
+    norm = x.double().norm(dim=1, keepdim=True)
+    zero = norm[:, 0] == 0
+    if bool(zero.any()):
+        row = int(zero.nonzero()[0, 0])
+        raise DataError(
+            f"{name}: {int(zero.sum())} all-zero feature vectors (first in row {row}); cosine similarity is "
+            "undefined for them — check the features"
+        )
+    return (x.double() / norm).to(torch.float32)
+
+
+def _prepare(q: Any, g: Any, scores: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated query/gallery matrices whose dot products are the scores."""
+    if scores == "cosine":
+        qt, gt = check_features(q, "query features"), check_features(g, "gallery features")
+        qt, gt = l2_normalize(qt, "query features"), l2_normalize(gt, "gallery features")
+    elif scores == "hamming":
+        # ±1 codes: dot = bits - 2 * Hamming distance, exact in float32
+        qt, gt = check_codes(q, "query codes"), check_codes(g, "gallery codes")
+    else:
+        raise ValueError(f"scores must be 'cosine' or 'hamming', got {scores!r}")
+    if qt.shape[1] != gt.shape[1]:
+        raise DataError(
+            f"query and gallery have different dimensions ({qt.shape[1]} vs {gt.shape[1]}); "
+            "were they produced by the same model?"
+        )
+    return qt, gt
+
+
+def score_matrix(q: Any, g: Any, scores: str = "cosine") -> np.ndarray:
+    """Full score matrix [Q, G] float32 as ranked by :func:`retrieval_metrics` (cosine, or -Hamming for codes).
+
+    Meant for small sets (tests, the reference); it holds Q x G values in memory.
+    """
+    qt, gt = _prepare(q, g, scores)
+    s = qt @ gt.T
+    if scores == "hamming":
+        s = (s - qt.shape[1]) / 2  # -Hamming distance
+    return s.numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# exact ranks of the relevant items
+
+
+def order_keys(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose ascending order is (score descending, gallery index ascending) [Q33].
+
+    ``s``: float32 scores, any shape; ``idx``: int64 gallery indices (< 2**32) broadcastable to it.
+    """
+    bits = (s + 0.0).contiguous().view(torch.int32)  # + 0.0 maps -0.0 to +0.0 (they tie)
+    # flip the magnitude bits of negative floats: int order of `ordered` == float order of s
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return ((~ordered).to(torch.int64) << 32) | idx
+
+
+def _relevant_ranks(s: torch.Tensor, rel: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact 1-based ranks of the relevant items of every row, ascending.
+
+    ``s``: [c, G] float32 scores; ``rel``: [n] int64 gallery indices of the relevant items (n >= 1).
+    Returns ``(ranks [c, n] int64, gallery index of each ranked relevant item [c, n] int64)``.
+    """
+    c, g = s.shape
+    n, dev = rel.numel(), s.device
+    rel_s = s[:, rel]
+    rel_key, order = order_keys(rel_s, rel).sort(dim=1)
+    # bins: any map that is non-increasing in the score is correct; items in a bin holding no
+    # relevant item are then ranked before/after every relevant item by their bin alone.
+    hi, lo = rel_s.amax(1, keepdim=True), rel_s.amin(1, keepdim=True)
+    scale = n_bins / (hi - lo).clamp_min(1e-30)
+    v = torch.addcmul(hi * scale + 1.0, s, -scale)  # 1 at hi, n_bins + 1 at lo
+    nb = n_bins + 3  # bin 0: above hi, n_bins + 2: below lo
+    bins = v.clamp_(0, nb - 1).to(torch.int32)
+    del v
+    bins += (torch.arange(c, dtype=torch.int32, device=dev) * nb)[:, None]  # one histogram per row
+    flat = bins.view(-1)
+    hist = torch.zeros(c * nb, dtype=torch.int32, device=dev)
+    hist.index_add_(0, flat, torch.ones(1, dtype=torch.int32, device=dev).expand(flat.numel()))
+    rel_bins = bins[:, rel].long()
+    flag = torch.zeros(c * nb, dtype=torch.bool, device=dev)
+    flag[rel_bins.view(-1)] = True
+    rows, cols = flag.index_select(0, flat).view(c, g).nonzero(as_tuple=True)
+    hist.index_add_(0, bins[rows, cols], torch.full((1,), -1, dtype=torch.int32, device=dev).expand(rows.numel()))
+    del bins, flat, flag
+    # colliding items (relevant ones included): exact comparison with the relevant keys
+    counts = torch.bincount(rows, minlength=c)
+    pos = torch.arange(rows.numel(), device=dev) - (counts.cumsum(0) - counts)[rows]
+    padded = torch.full((c, int(counts.max())), _INT64_MAX, dtype=torch.int64, device=dev)
+    padded[rows, pos] = order_keys(s[rows, cols], cols)
+    gap = torch.searchsorted(rel_key, padded)  # number of relevant keys below each key, 0..n
+    per_gap = torch.zeros(c, n + 1, dtype=torch.int64, device=dev)
+    per_gap.scatter_add_(1, gap, torch.ones_like(gap))
+    colliding_upto = per_gap.cumsum(1)[:, :n]  # colliding keys <= the m-th relevant key
+    hist2 = hist.view(c, nb).long()
+    before_bin = hist2.cumsum(1) - hist2  # non-colliding items in earlier bins
+    rank_bins = rel_bins.gather(1, order) - (torch.arange(c, device=dev) * nb)[:, None]
+    ranks = before_bin.gather(1, rank_bins) + colliding_upto
+    return ranks, rel.to(dev)[order]
+
+
+def _metrics_from_ranks(
+    ranks: torch.Tensor, n_gallery: int, ks_map: Sequence[int], ks_prec: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Per-query metrics [c] float64 from the ascending ranks [c, n] of all n relevant items."""
+    c, n = ranks.shape
+    out: dict[str, torch.Tensor] = {}
+    if n == 0:
+        zero = torch.zeros(c, dtype=torch.float64)
+        return {name: zero for name in _metric_names(ks_map, ks_prec)}
+    r = ranks.cpu().double()
+    prec = torch.arange(1, n + 1, dtype=torch.float64) / r  # P_j at the j-th hit
+    out["mAP@all"] = _rev_cummax(prec).sum(1) / n
+    for k in ks_map:
+        big_k = min(k, n_gallery)
+        m = min(n, big_k)  # only the first m hits can fall within the top K
+        inside = r[:, :m] <= big_k
+        interp = _rev_cummax(torch.where(inside, prec[:, :m], 0.0))
+        out[f"mAP@{k}"] = (interp * inside).sum(1) / min(big_k, n)
+    for k in ks_prec:
+        big_k = min(k, n_gallery)
+        out[f"P@{k}"] = (r[:, : min(n, big_k)] <= big_k).sum(1).double() / big_k
+    return out
+
+
+def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
+    """max over j' >= j along dim 1 (the interpolated precision)."""
+    return x.flip(1).cummax(1).values.flip(1)
+
+
+def _metric_names(ks_map: Sequence[int], ks_prec: Sequence[int]) -> list[str]:
+    return ["mAP@all"] + [f"mAP@{k}" for k in ks_map] + [f"P@{k}" for k in ks_prec]
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry point
+
+
+def retrieval_metrics(
+    q: Any,
+    q_labels: Any,
+    g: Any,
+    g_labels: Any,
+    *,
+    ks_map: Sequence[int] = (200,),
+    ks_prec: Sequence[int] = (100, 200),
+    chunk: int | None = None,
+    exclude_self: bool = False,
+    scores: str = "cosine",
+    return_per_query: bool = False,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """mAP@all, mAP@k and P@k (spec §6.2) of queries ``q`` [Q, D] against gallery ``g`` [G, D].
+
+    ``scores="cosine"``: features (numpy or torch) are L2-normalised and compared by dot product.
+    ``scores="hamming"``: ``q`` and ``g`` are binary codes [N, bits] (bool or 0/1), ranked by
+    ascending Hamming distance. Ties go to the lower gallery index [Q33]. ``chunk`` bounds the
+    queries scored at once (default: ~8M scores per chunk). ``exclude_self`` (intra-modal
+    retrieval without the query itself, the opposite of the official [Q32]) requires ``q`` and
+    ``g`` to be the same set in the same order: query i is gallery item i and is left out of its
+    own ranking (N_g and N_rel shrink by one).
+
+    Returns ``{"mAP@all", "mAP@<k>"..., "P@<k>"..., "n_queries", "n_gallery"}`` (floats / ints)
+    and, with ``return_per_query``, ``"per_query": {metric name: float64 array [Q]}``.
+    """
+    ks_map, ks_prec = _check_ks(ks_map, "ks_map"), _check_ks(ks_prec, "ks_prec")
+    qt, gt = _prepare(q, g, scores)
+    ql = check_labels(q_labels, qt.shape[0], "query labels")
+    gl = check_labels(g_labels, gt.shape[0], "gallery labels")
+    n_q, n_g = qt.shape[0], gt.shape[0]
+    if exclude_self and (n_q != n_g or not torch.equal(ql, gl)):
+        raise DataError(
+            "exclude_self needs the queries and the gallery to be the same set in the same order "
+            f"(got {n_q} queries and {n_g} gallery items, or different labels)"
+        )
+    if n_g >= 2**32:
+        raise DataError(f"gallery too large ({n_g} items); at most 2**32 - 1 are supported")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gt = gt.to(dev)
+    names = _metric_names(ks_map, ks_prec)
+    per_query = {name: torch.zeros(n_q, dtype=torch.float64) for name in names}
+    n_eff = n_g - 1 if exclude_self else n_g
+    rows_per_chunk = chunk if chunk is not None else max(1, _CHUNK_ELEMENTS // n_g)
+    n_bins = int(min(max(1024, 2 ** math.ceil(math.log2(n_g))), 1 << 17))
+    no_relevant = 0
+    from tqdm import tqdm
+
+    with torch.inference_mode(), tqdm(total=n_q, unit="query", disable=not progress, file=sys.stderr) as bar:
+        for qidx, rel in _query_groups(ql, gl, rows_per_chunk):
+            if rel.numel() <= int(exclude_self):
+                no_relevant += qidx.numel()
+                bar.update(qidx.numel())
+                continue  # no relevant item: every metric stays 0
+            s = qt[qidx].to(dev) @ gt.T
+            ranks, ranked_idx = _relevant_ranks(s, rel, n_bins)
+            if exclude_self:
+                ranks = _drop_self(ranks, ranked_idx, qidx.to(dev))
+            for name, vals in _metrics_from_ranks(ranks, n_eff, ks_map, ks_prec).items():
+                per_query[name][qidx] = vals
+            bar.update(qidx.numel())
+    if no_relevant:
+        warnings.warn(f"{no_relevant} queries have no relevant gallery item; they count as AP = P = 0", stacklevel=2)
+    out: dict[str, Any] = {name: float(per_query[name].mean()) for name in names}
+    out.update(n_queries=n_q, n_gallery=n_g)
+    if return_per_query:
+        out["per_query"] = {name: v.numpy() for name, v in per_query.items()}
+    return out
+
+
+def _check_ks(ks: Sequence[int], name: str) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"{name} must be positive integers, got {ks}")
+    return tuple(dict.fromkeys(int(k) for k in ks))
+
+
+def _query_groups(ql: torch.Tensor, gl: torch.Tensor, rows: int):
+    """Yield (query indices [c], relevant gallery indices [n] ascending) per chunk of same-label queries."""
+    g_order = torch.sort(gl, stable=True).indices  # ascending index within each label
+    g_classes, g_counts = torch.unique_consecutive(gl[g_order], return_counts=True)
+    g_start = dict(zip(g_classes.tolist(), (g_counts.cumsum(0) - g_counts).tolist()))
+    g_count = dict(zip(g_classes.tolist(), g_counts.tolist()))
+    q_order = torch.sort(ql, stable=True).indices
+    q_classes, q_counts = torch.unique_consecutive(ql[q_order], return_counts=True)
+    start = 0
+    for label, count in zip(q_classes.tolist(), q_counts.tolist()):
+        qidx = q_order[start : start + count]
+        start += count
+        first = g_start.get(label, 0)
+        rel = g_order[first : first + g_count.get(label, 0)]
+        # near-equal parts keep every matmul large enough for the same BLAS kernel
+        for part in torch.tensor_split(qidx, math.ceil(count / rows)):
+            yield part, rel
+
+
+def _drop_self(ranks: torch.Tensor, ranked_idx: torch.Tensor, qidx: torch.Tensor) -> torch.Tensor:
+    """Remove query i's own entry (gallery item i) from its ranks [c, n] -> [c, n - 1]."""
+    is_self = ranked_idx == qidx[:, None]
+    after = is_self.long().cumsum(1) - is_self.long()  # 1 for relevant items ranked after it
+    return (ranks - after)[~is_self].view(ranks.shape[0], ranks.shape[1] - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# plain reference (the official per-query algorithm, with a stable sort)
+
+
+def average_precision_reference(rel: np.ndarray, n_rel: int, k: int | None) -> float:
+    """AP@k of one ranked relevance vector ``rel`` [N_g] (0/1) as written in spec §6.2; k=None: all."""
+    n_g = len(rel)
+    big_k, r = (n_g, n_rel) if k is None else (min(k, n_g), min(k, n_g, n_rel))
+    if r == 0:
+        return 0.0
+    hits = np.asarray(rel[:big_k], dtype=np.int64)
+    precision = np.cumsum(hits) / np.arange(1, big_k + 1)
+    interpolated = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(interpolated[hits == 1].sum() / r)
+
+
+def precision_reference(rel: np.ndarray, k: int) -> float:
+    """P@k of one ranked relevance vector ``rel`` [N_g]: hits in the top K = min(k, N_g), over K."""
+    big_k = min(k, len(rel))
+    return float(np.sum(rel[:big_k]) / big_k)
+
+
+def reference_metrics(
+    scores: np.ndarray,
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    *,
+    ks_map: Sequence[int] = (200,),
+    ks_prec: Sequence[int] = (100, 200),
+    exclude_self: bool = False,
+) -> dict[str, Any]:
+    """Per-query loop over a full score matrix [Q, G] (stable argsort of -scores per row).
+
+    Slow and simple: the independent reference for :func:`retrieval_metrics` (same keys, with
+    ``per_query`` always included).
+    """
+    scores, q_labels, g_labels = np.asarray(scores), np.asarray(q_labels), np.asarray(g_labels)
+    names = _metric_names(ks_map, ks_prec)
+    per_query = {name: np.zeros(len(q_labels)) for name in names}
+    for i, label in enumerate(q_labels):
+        row, labels = scores[i], g_labels
+        if exclude_self:
+            row, labels = np.delete(row, i), np.delete(labels, i)
+        rel = (labels[np.argsort(-row, kind="stable")] == label).astype(np.int64)
+        n_rel = int(rel.sum())
+        per_query["mAP@all"][i] = average_precision_reference(rel, n_rel, None)
+        for k in ks_map:
+            per_query[f"mAP@{k}"][i] = average_precision_reference(rel, n_rel, k)
+        for k in ks_prec:
+            per_query[f"P@{k}"][i] = precision_reference(rel, k) if n_rel else 0.0
+    out: dict[str, Any] = {name: float(v.mean()) for name, v in per_query.items()}
+    out.update(n_queries=len(q_labels), n_gallery=scores.shape[1], per_query=per_query)
+    return out

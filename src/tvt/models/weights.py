@@ -1,0 +1,317 @@
+"""Building models from checkpoints (spec §3): teachers, backbones, the TVT student, encoders.
+
+Architectures are inferred from tensor shapes (see :mod:`tvt.models.convert`), so any ViT size
+loads. Loading is strict: a missing or unexpected key is a :class:`CheckpointError` naming the
+keys, never a silent fall-back to random weights [Q18]. Models loaded for inference
+(``load_backbone``, ``load_student``, ``load_encoder``) are returned in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tvt.errors import CheckpointError, InputError
+from tvt.models.convert import (
+    arch_hint,
+    check_load,
+    clean_state,
+    describe,
+    flat_state,
+    infer_head_dims,
+    infer_vit_arch,
+    read_checkpoint,
+    sub_state,
+)
+from tvt.models.fusion import FusionViT
+from tvt.models.heads import DINOHead, FusionHead
+from tvt.models.vit import DinoViT, ViTArch, build_vit
+from tvt.models.wrappers import RETURN_IDX, Student, Teacher, check_modality
+
+__all__ = [
+    "Encoder",
+    "arch_hints",
+    "init_student_from_teacher",
+    "load_backbone",
+    "load_encoder",
+    "load_student",
+    "load_teacher",
+    "read_checkpoint",
+]
+
+_TIMM_IGNORED = ("head.weight", "head.bias")  # timm classifier; not part of the backbone
+
+
+def _is_fusion_state(state: Mapping[str, Any]) -> bool:
+    return any(k.endswith("fusion_token") for k in state)
+
+
+def _backbone_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping) -> DinoViT:
+    """DinoViT with ``backbone`` (flat keys) loaded strictly."""
+    if _is_fusion_state(backbone):
+        raise CheckpointError(
+            f"checkpoint {path} holds a TVT fusion ViT, not a plain ViT; use load_student or load_encoder"
+        )
+    if any(k.startswith("fc_norm.") for k in backbone) and "norm.weight" not in backbone:
+        raise CheckpointError(
+            f"checkpoint {path} is an average-pooled ViT (fc_norm, no final norm); a CLS-token ViT "
+            "with a final `norm` (DINO/timm token pooling) is needed"
+        )
+    # fc_norm next to norm is timm's post-pool norm, unused with CLS pooling; ignored like the classifier.
+    backbone = {k: v for k, v in backbone.items() if k not in _TIMM_IGNORED and not k.startswith("fc_norm.")}
+    model = build_vit(infer_vit_arch(backbone, path, prefix_tokens=1, hint=hint))
+    _load(model, backbone, path, "ViT backbone")
+    return model
+
+
+def _load(model: nn.Module, state: Mapping[str, Tensor], path: Path | str, what: str, **kw: Any) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the {what}: {exc}") from exc
+    check_load(result, path, what, **kw)
+
+
+def _teacher_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
+    """The ``key`` entry (backbone.* + head.*) of a DINO / stage-A / TVT checkpoint."""
+    if key not in ckpt:
+        flat = flat_state(ckpt)
+        if flat is not None and "patch_embed.proj.weight" in flat:
+            raise CheckpointError(
+                f"checkpoint {path} is a backbone-only ViT file (no DINO head); a full checkpoint "
+                f"with a `{key}` entry holding backbone and DINO head is needed (e.g. DINO's "
+                "*_pretrain_full_checkpoint.pth, or a `tvt pretrain-sketch` checkpoint)"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} has no `{key}` entry (entries: {describe(ckpt)}); a DINO full "
+            "training checkpoint or a `tvt pretrain-sketch` checkpoint is needed"
+        )
+    state = clean_state(ckpt[key], path, key)
+    if not any(k.startswith("head.") for k in state):
+        raise CheckpointError(
+            f"checkpoint {path}: entry `{key}` has no DINO head (head.*); a full DINO training "
+            "checkpoint with the teacher head is needed"
+        )
+    return state
+
+
+def build_teacher(state: Mapping[str, Tensor], path: Path | str = "<state>", hint: Mapping | None = None) -> Teacher:
+    """Teacher from a state dict with ``backbone.*`` and ``head.*`` keys (strict)."""
+    backbone = sub_state(state, "backbone.")
+    head_state = sub_state(state, "head.")
+    extra = [k for k in state if not k.startswith(("backbone.", "head."))]
+    if extra:
+        raise CheckpointError(f"checkpoint {path}: unexpected teacher keys {extra[:10]}")
+    if not backbone or not head_state:
+        raise CheckpointError(f"checkpoint {path}: a teacher needs backbone.* and head.* weights")
+    dims = infer_head_dims(head_state, path, "DINO head")
+    if "out_dim" not in dims:
+        raise CheckpointError(f"checkpoint {path}: the DINO head has no last_layer weights")
+    vit = _backbone_model(backbone, path, hint or {})
+    head = DINOHead(**dims)
+    _load(head, head_state, path, "DINO head")
+    return Teacher(vit, head)
+
+
+def load_teacher(path: str | Path, key: str = "teacher", frozen: bool = False) -> Teacher:
+    """Backbone + DINO head from the ``key`` entry of a checkpoint (spec §3.2).
+
+    Works for DINO full training checkpoints, our stage-A (``sketch``/``image``) checkpoints and,
+    with ``key="teacher_img"``/``"teacher_skt"``, the teachers stored in official TVT files. A
+    backbone-only file raises :class:`CheckpointError`. The module comes back as freshly built
+    (training mode, trainable; stage A starts its student from it); ``frozen=True`` gives what
+    stage B needs: eval mode and ``requires_grad=False``.
+    """
+    ckpt = read_checkpoint(path)
+    teacher = build_teacher(_teacher_state(ckpt, path, key), path, arch_hint(ckpt))
+    if frozen:
+        teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _plain_vit(ckpt: Mapping[str, Any], path: Path | str) -> DinoViT | None:
+    """The plain ViT of a flat (DINO/timm) file or of a ``teacher`` entry; None if neither."""
+    flat = flat_state(ckpt)
+    if flat is not None and "patch_embed.proj.weight" in flat:
+        state = clean_state(flat, path, "<flat>")
+    elif isinstance(ckpt.get("teacher"), Mapping):
+        state = sub_state(clean_state(ckpt["teacher"], path, "teacher"), "backbone.")
+    else:
+        return None
+    return _backbone_model(state, path, arch_hint(ckpt))
+
+
+def load_backbone(path: str | Path) -> DinoViT:
+    """A plain ViT (CLS output) from DINO backbone-only, DINO full (its teacher), timm or our
+    stage-A/image checkpoints. timm's ``head.*`` classifier is ignored. Eval mode."""
+    ckpt = read_checkpoint(path)
+    vit = _plain_vit(ckpt, path)
+    if vit is None:
+        raise CheckpointError(
+            f"checkpoint {path} holds no plain ViT (entries: {describe(ckpt)}); expected a DINO/timm "
+            "backbone state dict or a checkpoint with a `teacher` entry"
+        )
+    return vit.eval()
+
+
+def _student_model(
+    arch: ViTArch, token_num: int, pos_resample: str, head_dims: dict, num_classes: int
+) -> Student:
+    """A randomly initialised Student of the given sizes."""
+    mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    backbone = FusionViT(arch, token_num=token_num, pos_resample=pos_resample)
+    head = DINOHead(arch.embed_dim, out_dim=head_dims["out_dim"], **mlp)
+    head_skt = DINOHead(arch.embed_dim, out_dim=head_dims["out_dim"], **mlp) if token_num == 3 else None
+    head_fusion = FusionHead(arch.embed_dim, num_classes, **mlp)
+    return Student(backbone, head, head_fusion, head_skt)
+
+
+def init_student_from_teacher(
+    teacher_state: Mapping[str, Tensor],
+    num_classes: int,
+    token_num: int = 2,
+    pos_resample: str = "fidelity",
+) -> Student:
+    """TVT student initialised from the image teacher's state dict (spec §3.3).
+
+    Backbone blocks/patch embed/norm copied; every special token = ``cls_token``; ``pos_embed``
+    = the CLS row repeated ``token_num - 1`` times, then the teacher's full embedding (so every
+    special token gets the CLS row [Q11]); ``head`` and ``head_skt`` = the teacher's head;
+    ``head_fusion.mlp`` = the teacher's head MLP; ``head_fusion.fc`` is the only random tensor
+    (trunc-normal 0.02, zero bias; drawn from the global torch RNG). Tensors are copied, never
+    shared with ``teacher_state``.
+    """
+    state = clean_state(teacher_state, "<teacher state>", "teacher")
+    backbone, head = sub_state(state, "backbone."), sub_state(state, "head.")
+    if not head:
+        raise CheckpointError("the teacher state has no DINO head (head.*); a full DINO checkpoint is needed")
+    arch = infer_vit_arch(backbone, "<teacher state>", prefix_tokens=1)
+    dims = infer_head_dims(head, "<teacher state>", "DINO head")
+    student = _student_model(arch, token_num, pos_resample, dims, num_classes)
+    cls, pos = backbone.pop("cls_token"), backbone.pop("pos_embed")
+    new: dict[str, Tensor] = {f"backbone.{k}": v for k, v in backbone.items()}
+    for name in student.backbone.token_names:
+        new[f"backbone.{name}"] = cls
+    new["backbone.pos_embed"] = torch.cat([pos[:, :1]] * (token_num - 1) + [pos], dim=1)
+    for prefix in ("head.", "head_skt.") if token_num == 3 else ("head.",):
+        new.update({f"{prefix}{k}": v for k, v in head.items()})
+    new.update({f"head_fusion.{k}": v for k, v in head.items() if k.startswith("mlp.")})
+    # load_state_dict copies into the student's own tensors, so nothing aliases the teacher.
+    _load(student, new, "<teacher state>", "TVT student", ignore_missing=("head_fusion.fc.weight", "head_fusion.fc.bias"))
+    return student
+
+
+def _student_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
+    if key in ckpt:
+        state = clean_state(ckpt[key], path, key)
+    elif (flat := flat_state(ckpt)) is not None and _is_fusion_state(flat):
+        state = clean_state(flat, path, "<flat>")
+    else:
+        raise CheckpointError(
+            f"checkpoint {path} has no `{key}` entry (entries: {describe(ckpt)}); a TVT checkpoint "
+            "(`tvt train` or the official TVT code) is needed"
+        )
+    if "backbone.fusion_token" not in state:
+        raise CheckpointError(
+            f"checkpoint {path}: entry `{key}` is not a TVT fusion ViT (no backbone.fusion_token); "
+            "for a DINO/stage-A checkpoint use load_teacher, load_backbone or load_encoder"
+        )
+    return state
+
+
+def build_student(
+    state: Mapping[str, Tensor], path: Path | str = "<state>", hint: Mapping | None = None,
+    pos_resample: str | None = None,
+) -> Student:
+    """Student from a state dict (``backbone.*``, ``head.*``, ``head_fusion.*``, ``head_skt.*``)."""
+    hint = dict(hint or {})
+    backbone = sub_state(state, "backbone.")
+    token_num = 3 if "dist_skt_token" in backbone else 2
+    arch = infer_vit_arch(backbone, path, prefix_tokens=token_num, hint=hint)
+    dims = infer_head_dims(sub_state(state, "head."), path, "DINO head")
+    fusion = infer_head_dims(sub_state(state, "head_fusion."), path, "fusion head")
+    if "out_dim" not in dims or "num_classes" not in fusion:
+        raise CheckpointError(f"checkpoint {path}: the student lacks head.last_layer or head_fusion.fc weights")
+    mode = pos_resample or hint.get("pos_resample") or "fidelity"
+    student = _student_model(arch, token_num, mode, dims, fusion["num_classes"])
+    _load(student, state, path, "TVT student")
+    return student
+
+
+def load_student(path: str | Path, key: str = "student", pos_resample: str | None = None) -> Student:
+    """TVT student from an official TVT checkpoint (``module.`` keys, weight_g/v, Namespace
+    ``args``) or ours (stage ``tvt``). Sizes, token_num and C [Q2] come from the tensors.
+
+    ``pos_resample`` None: the checkpoint's ``arch`` hint, else ``"fidelity"`` [Q10]. Eval mode.
+    """
+    ckpt = read_checkpoint(path)
+    return build_student(_student_state(ckpt, path, key), path, arch_hint(ckpt), pos_resample).eval()
+
+
+def arch_hints(model: nn.Module) -> dict:
+    """The ``arch`` entry of our checkpoint format for a Student, Teacher or ViT."""
+    backbone = getattr(model, "backbone", model)
+    out = dict(backbone.arch.to_dict())
+    if isinstance(backbone, FusionViT):
+        out.update(token_num=backbone.token_num, pos_resample=backbone.pos_resample)
+    return out
+
+
+class Encoder:
+    """Callable feature extractor: ``encoder(x [N, 3, H, W], modality) -> [N, dim]`` (raw).
+
+    kind ``"tvt"``: ``Student.features(x, modality, return_idx)``; kind ``"vit"``: the CLS
+    feature of a plain ViT (``return_idx`` and ``modality`` do not change it). ``dim`` is the
+    feature size, ``img_size`` the model's native input side, ``patch_size`` its patch side.
+    Runs in eval mode under ``torch.inference_mode``.
+    """
+
+    def __init__(self, model: nn.Module, kind: str, return_idx: int = 0, device: str | torch.device = "cpu") -> None:
+        if kind not in ("tvt", "vit"):
+            raise ValueError(f"kind must be 'tvt' or 'vit', got {kind!r}")
+        if return_idx not in RETURN_IDX:
+            raise InputError(f"return_idx must be one of {RETURN_IDX}, got {return_idx!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.kind, self.return_idx = kind, return_idx
+        backbone = getattr(model, "backbone", model)
+        self.img_size: int = backbone.arch.img_size
+        self.patch_size: int = backbone.arch.patch_size
+        if kind == "tvt" and return_idx >= 2:
+            self.dim: int = model.head_fusion.fc.in_features
+        else:
+            self.dim = backbone.arch.embed_dim
+
+    def __call__(self, x: Tensor, modality: str = "skt") -> Tensor:
+        """[N, 3, H, W] -> [N, dim] float features on ``self.device`` (not normalised)."""
+        check_modality(modality)
+        with torch.inference_mode():
+            x = x.to(self.device)
+            if self.kind == "tvt":
+                return self.model.features(x, modality, self.return_idx)
+            return self.model(x)
+
+
+def load_encoder(path: str | Path, return_idx: int = 0, device: str | torch.device = "cpu") -> Encoder:
+    """Encoder for a TVT student (ours or official) or for any plain ViT / teacher checkpoint.
+
+    A TVT student is used when the file has one (``features`` with ``return_idx``); otherwise the
+    plain ViT (DINO backbone-only/full teacher, timm, our stage-A checkpoints) gives its CLS
+    feature and ``return_idx`` is ignored.
+    """
+    ckpt = read_checkpoint(path)
+    flat = flat_state(ckpt)
+    student_entry = isinstance(ckpt.get("student"), Mapping) and _is_fusion_state(ckpt["student"])
+    if student_entry or (flat is not None and _is_fusion_state(flat)):
+        model: nn.Module = build_student(_student_state(ckpt, path, "student"), path, arch_hint(ckpt))
+        return Encoder(model, "tvt", return_idx, device)
+    vit = _plain_vit(ckpt, path)
+    if vit is None:
+        raise CheckpointError(
+            f"checkpoint {path} holds neither a TVT student nor a ViT (entries: {describe(ckpt)})"
+        )
+    return Encoder(vit, "vit", return_idx, device)

@@ -1,0 +1,106 @@
+"""Images -> L2-normalised float32 embeddings, in batches, skipping unreadable files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from tvt.errors import DataError
+
+Encoder = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def normalise(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Rows of ``x`` [N, D] scaled to unit L2 norm (a zero row stays zero), as float32 numpy."""
+    t = torch.as_tensor(x).detach().float().cpu()
+    return torch.nn.functional.normalize(t, dim=1, eps=1e-12).numpy()
+
+
+def embed_batch(encoder: Encoder, x: torch.Tensor, modality: str) -> np.ndarray:
+    """``encoder(x [B, 3, S, S], modality)`` -> normalised embeddings [B, D] (float32, host)."""
+    with torch.inference_mode():
+        return normalise(encoder(x, modality))
+
+
+class _Files(Dataset):
+    """``(tensor or None, position, reason)`` for each relative path; never raises on bad files."""
+
+    def __init__(self, root: Path, rels: Sequence[str], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.root, self.rels, self.transform = root, list(rels), transform
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
+        from tvt.data.folder import load_rgb
+
+        try:
+            return self.transform(load_rgb(self.root / self.rels[i])), i, ""
+        except DataError as exc:
+            return None, i, str(exc).replace(str(self.root / self.rels[i]), self.rels[i])
+        except (OSError, ValueError, RuntimeError) as exc:  # a transform that chokes on odd content
+            return None, i, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    bad = [(i, reason) for x, i, reason in batch if x is None]
+    x = torch.stack([g[0] for g in good]) if good else None
+    return x, [g[1] for g in good], bad
+
+
+def embed_files(
+    root: Path,
+    rels: Sequence[str],
+    stats: dict[str, tuple[int, int]],
+    encoder: Encoder,
+    transform: Callable[[Any], torch.Tensor],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    writer: Any = None,
+    flush_every: int = 256,
+    progress: bool = True,
+) -> list[tuple[str, np.ndarray | None, str]]:
+    """Embed the photos ``root/rels`` (modality ``img``): ``[(rel, embedding [D] or None, reason)]``.
+
+    Each result is also handed to ``writer.add`` and ``writer.flush()`` runs every
+    ``flush_every`` photos and when anything (Ctrl-C included) interrupts the loop, so the work
+    done so far survives.
+    """
+    if not rels:
+        return []
+    loader = DataLoader(_Files(root, rels, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate)
+    results: list[tuple[str, np.ndarray | None, str]] = []
+    since_flush = 0
+    try:
+        with tqdm(total=len(rels), desc="embedding photos", unit="img", file=sys.stderr,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for x, ok, bad in loader:
+                emb = embed_batch(encoder, x, "img") if x is not None else np.zeros((0, 0), np.float32)
+                for row, i in enumerate(ok):
+                    results.append((rels[i], emb[row], ""))
+                results += [(rels[i], None, reason) for i, reason in bad]
+                if writer is not None:
+                    for rel, e, reason in results[len(results) - len(ok) - len(bad):]:
+                        writer.add(rel, stats[rel], e, reason)
+                since_flush += len(ok) + len(bad)
+                if writer is not None and since_flush >= flush_every:
+                    writer.flush()
+                    since_flush = 0
+                bar.update(len(ok) + len(bad))
+    except BaseException:
+        if writer is not None:
+            writer.flush()
+        raise
+    if writer is not None:
+        writer.flush()
+    return results

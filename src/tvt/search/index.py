@@ -1,0 +1,418 @@
+"""A photo-folder embedding index on disk, updated incrementally and resumable.
+
+Layout of an index directory::
+
+    index.json       metadata (written last: it is the commit point of an update)
+    embeddings.npy   float32 [N, D], L2-normalised; row i belongs to files.json paths[i]
+    files.json       {"paths": [relative POSIX paths], "size": [...], "mtime_ns": [...]}
+    partial/         shards of an update in progress (removed once the update is committed)
+    cache/           derived search structures (FAISS indexes), safe to delete
+
+``index.json`` records the format version, the model identity (kind, dim, img_size, return_idx,
+checkpoint path and sha256), the photo root (absolute), creation/update times, counts, the
+checksums of the two data files and the files that were skipped with the reason. Every file is
+written to a temporary name and renamed, and the checksums catch a crash between two renames.
+A file is re-embedded when its (size, mtime_ns) changed; removed files are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvt.errors import CheckpointError, DataError, InputError
+
+INDEX_FORMAT = "tvt-index"
+INDEX_VERSION = 1
+INDEX_FILE, EMB_FILE, FILES_FILE = "index.json", "embeddings.npy", "files.json"
+PARTIAL_DIR, CACHE_DIR = "partial", "cache"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced the embeddings; two indexes are compatible when :meth:`key` agrees."""
+
+    kind: str
+    dim: int
+    img_size: int
+    return_idx: int = 0
+    checkpoint: str | None = None
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def key(self) -> tuple:
+        return (self.kind, self.dim, self.img_size, self.return_idx, self.sha256)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelIdentity:
+        keys = ("kind", "dim", "img_size", "return_idx", "checkpoint", "sha256", "extra")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_array(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Call ``write(fh)`` on ``path.tmp``, fsync, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, lambda fh: json.dump(obj, fh, indent=1), binary=False)
+
+
+def is_inside(path: str | Path, root: str | Path) -> bool:
+    """True when ``path`` resolves (symlinks followed) to ``root`` or below it."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def scan_photos(photo_root: str | Path, exclude: Iterable[str | Path] = ()) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
+    """Image files under ``photo_root`` -> ({relpath: (size, mtime_ns)}, [(relpath, reason)]).
+
+    The walk is :func:`tvt.data.layout.list_images` (recursive, follows symlinks, common image
+    extensions). A symlink that resolves outside the root is skipped, so the server can never be
+    made to read a file outside it; so are files below ``exclude`` (e.g. the index itself).
+    """
+    from tvt.data.layout import list_images
+
+    root = Path(photo_root)
+    excluded = [os.path.realpath(e) for e in exclude]
+    files: dict[str, tuple[int, int]] = {}
+    skipped: list[tuple[str, str]] = []
+    for p in list_images(root):
+        rel = p.relative_to(root).as_posix()
+        if any(is_inside(p, e) for e in excluded):
+            continue
+        if not is_inside(p, root):
+            skipped.append((rel, "symlink to a file outside the photo root"))
+            continue
+        try:
+            st = p.stat()
+        except OSError as exc:
+            skipped.append((rel, f"cannot stat: {exc.strerror or exc}"))
+            continue
+        files[rel] = (int(st.st_size), int(st.st_mtime_ns))
+    return files, skipped
+
+
+@dataclass
+class PhotoIndex:
+    """An index loaded in memory: ``embeddings[i]`` [D] is the photo ``paths[i]``."""
+
+    index_dir: Path
+    photo_root: Path
+    model: ModelIdentity
+    paths: list[str]
+    sizes: np.ndarray  # int64 [N]
+    mtimes: np.ndarray  # int64 [N], ns
+    embeddings: np.ndarray  # float32 [N, D], L2-normalised
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the embeddings as recorded in index.json (identifies derived caches)."""
+        return str(self.meta.get("embeddings", {}).get("sha256", ""))
+
+    def abspath(self, i: int) -> Path:
+        return self.photo_root / self.paths[i]
+
+    def safe_path(self, i: int) -> Path:
+        """Resolved path of photo ``i``; InputError unless it is an existing file inside the root."""
+        if not 0 <= i < len(self.paths):
+            raise InputError(f"photo id {i} is not in the index (0..{len(self.paths) - 1})")
+        path = self.abspath(i)
+        if not is_inside(path, self.photo_root):
+            raise InputError(f"photo id {i} resolves outside the photo root {self.photo_root}")
+        if not path.is_file():
+            raise InputError(f"photo id {i} ({self.paths[i]}) no longer exists; re-run `tvt index`")
+        return Path(os.path.realpath(path))
+
+    @classmethod
+    def load(cls, index_dir: str | Path, verify: bool = True) -> PhotoIndex:
+        """Read an index directory; DataError if it is missing, of another version or damaged."""
+        d = Path(index_dir)
+        meta = _read_meta(d)
+        try:
+            table = json.loads((d / FILES_FILE).read_text(encoding="utf-8"))
+            emb = np.load(d / EMB_FILE, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"index {d} is damaged ({exc}); re-run `tvt index` with --rebuild") from exc
+        if verify and (_sha256_array(emb) != meta["embeddings"]["sha256"]
+                       or sha256_file(d / FILES_FILE) != meta["files"]["sha256"]):
+            raise DataError(f"index {d}: embeddings.npy/files.json do not match index.json (an update was "
+                            "interrupted while committing); re-run `tvt index` to repair it")
+        n = len(table["paths"])
+        if emb.ndim != 2 or emb.shape[0] != n or n != meta["count"]:
+            raise DataError(f"index {d}: {n} paths but embeddings of shape {emb.shape}; re-run `tvt index`")
+        return cls(d, Path(meta["photo_root"]), ModelIdentity.from_dict(meta["model"]), list(table["paths"]),
+                   np.asarray(table["size"], np.int64), np.asarray(table["mtime_ns"], np.int64),
+                   emb.astype(np.float32, copy=False), list(meta.get("skipped", [])), meta)
+
+
+def _read_meta(d: Path) -> dict[str, Any]:
+    path = d / INDEX_FILE
+    if not path.is_file():
+        raise DataError(f"{d} is not a tvt index (no {INDEX_FILE}); create one with `tvt index PHOTO_DIR --out {d}`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"index file {path} is unreadable ({exc}); re-run `tvt index` with --rebuild") from exc
+    if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
+        raise DataError(f"{path} is format {meta.get('format')!r} version {meta.get('version')!r}; this tvt reads "
+                        f"{INDEX_FORMAT!r} version {INDEX_VERSION}: rebuild it with `tvt index --rebuild`")
+    return meta
+
+
+def write_index(index_dir: Path, photo_root: Path, model: ModelIdentity, rows: dict[str, tuple[int, int, np.ndarray]],
+                skipped: list[tuple[str, str]], created: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """Commit ``rows`` {relpath: (size, mtime_ns, embedding [D])}: data files first, index.json last."""
+    paths = sorted(rows)
+    emb = np.stack([rows[p][2] for p in paths]).astype(np.float32) if paths else np.zeros((0, model.dim), np.float32)
+    table = {"paths": paths, "size": [rows[p][0] for p in paths], "mtime_ns": [rows[p][1] for p in paths]}
+    write_atomic(index_dir / EMB_FILE, lambda fh: np.save(fh, emb, allow_pickle=False))
+    write_atomic(index_dir / FILES_FILE, lambda fh: fh.write(json.dumps(table).encode("utf-8")))
+    meta = {
+        "format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model.to_dict(),
+        "photo_root": str(photo_root), "created": created or _now(), "updated": _now(),
+        "count": len(paths), "dim": int(emb.shape[1]),
+        "embeddings": {"file": EMB_FILE, "sha256": _sha256_array(emb), "dtype": "float32", "normalised": True},
+        "files": {"file": FILES_FILE, "sha256": sha256_file(index_dir / FILES_FILE)},
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
+        **extra,
+    }
+    _write_json(index_dir / INDEX_FILE, meta)
+    return meta
+
+
+# ----------------------------------------------------------------------------- partial shards
+
+
+def _partial_meta(model: ModelIdentity, photo_root: Path) -> dict[str, Any]:
+    return {"model": list(model.key()), "photo_root": str(photo_root)}
+
+
+def load_partial(index_dir: Path, model: ModelIdentity, photo_root: Path) -> tuple[dict[str, tuple[int, int, np.ndarray]], list[tuple[str, str, int, int]]]:
+    """Rows and skips saved by an interrupted update of the same model and root (else nothing)."""
+    pdir = index_dir / PARTIAL_DIR
+    try:
+        same = json.loads((pdir / "meta.json").read_text()) == _partial_meta(model, photo_root)
+    except (OSError, ValueError):
+        same = False
+    rows: dict[str, tuple[int, int, np.ndarray]] = {}
+    skips: list[tuple[str, str, int, int]] = []
+    if not same:
+        return rows, skips
+    for shard in sorted(pdir.glob("shard-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                for p, s, m, e in zip(z["paths"].tolist(), z["size"].tolist(), z["mtime_ns"].tolist(), z["emb"]):
+                    rows[p] = (int(s), int(m), e)
+                skips += list(zip(z["skip_paths"].tolist(), z["skip_reasons"].tolist(),
+                                  z["skip_size"].tolist(), z["skip_mtime_ns"].tolist()))
+        except (OSError, ValueError, KeyError):
+            continue  # a shard cut short by a crash: its photos are simply embedded again
+    return rows, skips
+
+
+class ShardWriter:
+    """Appends finished batches to ``partial/shard-NNNNNN.npz`` files (atomic, one per flush)."""
+
+    def __init__(self, index_dir: Path, model: ModelIdentity, photo_root: Path, fresh: bool) -> None:
+        self.dir = index_dir / PARTIAL_DIR
+        if fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.dir / "meta.json", _partial_meta(model, photo_root))
+        self.next = 1 + max((int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")), default=-1)
+        self.rows: list[tuple[str, int, int, np.ndarray]] = []
+        self.skips: list[tuple[str, str, int, int]] = []
+
+    def add(self, rel: str, stat: tuple[int, int], emb: np.ndarray | None, reason: str = "") -> None:
+        if emb is None:
+            self.skips.append((rel, reason, stat[0], stat[1]))
+        else:
+            self.rows.append((rel, stat[0], stat[1], emb))
+
+    def flush(self) -> None:
+        if not self.rows and not self.skips:
+            return
+        r, s = self.rows, self.skips
+        arrays = {
+            "paths": np.array([x[0] for x in r], dtype=str), "size": np.array([x[1] for x in r], np.int64),
+            "mtime_ns": np.array([x[2] for x in r], np.int64),
+            "emb": np.stack([x[3] for x in r]).astype(np.float32) if r else np.zeros((0, 0), np.float32),
+            "skip_paths": np.array([x[0] for x in s], dtype=str), "skip_reasons": np.array([x[1] for x in s], dtype=str),
+            "skip_size": np.array([x[2] for x in s], np.int64), "skip_mtime_ns": np.array([x[3] for x in s], np.int64),
+        }
+        write_atomic(self.dir / f"shard-{self.next:06d}.npz", lambda fh: np.savez(fh, **arrays))
+        self.next += 1
+        self.rows, self.skips = [], []
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- update
+
+
+@dataclass
+class IndexReport:
+    """What one :func:`update_index` call did."""
+
+    index_dir: Path
+    total: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"index {self.index_dir}: {self.total} photos ({self.added} added, {self.changed} changed, "
+                f"{self.removed} removed, {self.unchanged} unchanged, {self.resumed} resumed), "
+                f"{len(self.skipped)} skipped")
+
+
+def _previous(index_dir: Path, model: ModelIdentity, photo_root: Path, rebuild: bool) -> PhotoIndex | None:
+    """The committed index to update, after checking it belongs to this model and folder."""
+    if rebuild or not (index_dir / INDEX_FILE).is_file():
+        return None
+    try:
+        old = PhotoIndex.load(index_dir)
+    except DataError as exc:
+        log(f"tvt index: {exc}; the photos are embedded again")
+        return None
+    if old.model.key() != model.key():
+        raise CheckpointError(
+            f"index {index_dir} was built with {old.model.checkpoint} (sha256 {str(old.model.sha256)[:12]}, "
+            f"{old.model.kind}, dim {old.model.dim}, return_idx {old.model.return_idx}), not with "
+            f"{model.checkpoint} (sha256 {str(model.sha256)[:12]}, return_idx {model.return_idx}); "
+            "pass --rebuild to re-embed every photo, or choose another --out"
+        )
+    if os.path.realpath(old.photo_root) != os.path.realpath(photo_root):
+        raise InputError(f"index {index_dir} indexes {old.photo_root}, not {photo_root}; "
+                         "pass --rebuild to replace it, or choose another --out")
+    return old
+
+
+def update_index(
+    photo_root: str | Path,
+    index_dir: str | Path,
+    encoder: Callable[..., Any],
+    model: ModelIdentity,
+    *,
+    transform: Callable[[Any], Any] | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    rebuild: bool = False,
+    flush_every: int = 256,
+    progress: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+) -> IndexReport:
+    """Create or update the index of ``photo_root`` in ``index_dir``; return what changed.
+
+    ``encoder(x [B, 3, S, S], "img") -> [B, D]`` embeds photos preprocessed by ``transform``
+    (default: the evaluation transform at ``model.img_size``). Only new or changed files are
+    embedded; finished batches go to ``partial/`` every ``flush_every`` photos (and on Ctrl-C),
+    so an interrupted run continues where it stopped. Unreadable files are skipped and listed.
+    """
+    from tvt.search.embed import embed_files
+
+    root = Path(photo_root).expanduser().absolute()
+    if not root.is_dir():
+        raise InputError(f"photo folder {root} does not exist or is not a folder")
+    out = Path(index_dir).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    old = _previous(out, model, root, rebuild)
+    files, skipped = scan_photos(root, exclude=[out])
+    report = IndexReport(out, skipped=list(skipped))
+    rows: dict[str, tuple[int, int, np.ndarray]] = {}
+    old_paths = set(old.paths) if old is not None else set()
+    if old is not None:
+        for i, rel in enumerate(old.paths):
+            if files.get(rel) == (int(old.sizes[i]), int(old.mtimes[i])):
+                rows[rel] = (*files[rel], old.embeddings[i])
+    unchanged = set(rows)
+    part_rows, part_skips = ({}, []) if rebuild else load_partial(out, model, root)
+    for rel, (s, m, e) in part_rows.items():
+        if rel not in rows and files.get(rel) == (s, m):
+            rows[rel] = (s, m, e)
+            report.resumed += 1
+    done_skips = {rel: reason for rel, reason, s, m in part_skips if files.get(rel) == (s, m)}
+    report.skipped += sorted(done_skips.items())
+    todo = [rel for rel in sorted(files) if rel not in rows and rel not in done_skips]
+    writer = ShardWriter(out, model, root, fresh=rebuild)
+    for rel, emb, reason in embed_files(root, todo, files, encoder, transform or _default_transform(model),
+                                        batch_size=batch_size, num_workers=num_workers, writer=writer,
+                                        flush_every=flush_every, progress=progress):
+        if emb is None:
+            report.skipped.append((rel, reason))
+        else:
+            rows[rel] = (*files[rel], emb)
+    report.total, report.unchanged = len(rows), len(unchanged)
+    report.removed = len(old_paths - set(files))
+    report.changed = sum(1 for rel in rows if rel in old_paths and rel not in unchanged)
+    report.added = report.total - report.unchanged - report.changed
+    created = old.meta.get("created") if old is not None else None
+    last = {k: getattr(report, k) for k in ("added", "changed", "removed", "unchanged", "resumed")}
+    write_index(out, root, model, rows, report.skipped, created,
+                {"preprocess": _preprocess_meta(model), "last_update": last, **(extra_meta or {})})
+    writer.remove()
+    return report
+
+
+def _default_transform(model: ModelIdentity) -> Callable[[Any], Any]:
+    from tvt.data.transforms import eval_transform
+
+    return eval_transform(model.img_size)
+
+
+def _preprocess_meta(model: ModelIdentity) -> dict[str, Any]:
+    return {"resize": [model.img_size, model.img_size], "interpolation": "bilinear", "normalize": "imagenet",
+            "alpha_background": "white", "photo_modality": "img", "query_modality": "skt"}
