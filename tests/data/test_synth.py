@@ -145,7 +145,7 @@ def test_unseen_choice(tmp_path: Path) -> None:
 def test_colour_is_uninformative_shape_is(tmp_path: Path) -> None:
     """Mean photo colour classifies at chance level; gradient histograms (shape) do much better,
     within photos and from sketches to photos."""
-    root = generate(tmp_path, num_classes=8, seed=0, photos_per_class=20, sketches_per_class=12,
+    root = generate(tmp_path, num_classes=8, seed=0, photos_per_class=24, sketches_per_class=12,
                     size=64, progress=False)
     classes = (root / "split" / "all_classes.txt").read_text().splitlines()
     photos, py, pi = _load(root, "photo", classes)

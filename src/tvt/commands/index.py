@@ -1,0 +1,69 @@
+"""`tvt index`: embed a folder of photos into a search index (incremental, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "index a folder of photos for sketch search (re-run to add new or changed photos)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("photo_dir", metavar="PHOTO_DIR", help="folder of photos, searched recursively")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory (created or updated)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="TVT (or ViT) checkpoint; default when updating: the one recorded in the index")
+    p.add_argument("--return-idx", type=int, choices=[0, 1, 2, 3], default=None,
+                   help="feature choice of a TVT model (spec §2.4); default 0, or the index's when updating")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="discard the existing index (needed when the checkpoint or folder changed)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _previous_model(out: str) -> dict | None:
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(out) / "index.json").read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tvt.errors import CheckpointError, InputError
+    from tvt.models.weights import arch_hints, load_encoder
+    from tvt.search.index import ModelIdentity, sha256_file, update_index
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    prev = None if args.rebuild else _previous_model(args.out)
+    ckpt = args.checkpoint or (prev or {}).get("checkpoint")
+    if not ckpt:
+        raise InputError("no checkpoint: pass --checkpoint CKPT (the model that embeds the photos)")
+    return_idx = args.return_idx if args.return_idx is not None else int((prev or {}).get("return_idx", 0))
+    path = Path(ckpt).expanduser().absolute()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    encoder = load_encoder(path, return_idx=return_idx, device=resolve_device(args.device))
+    model = ModelIdentity(kind=encoder.kind, dim=encoder.dim, img_size=encoder.img_size, return_idx=return_idx,
+                          checkpoint=str(path), sha256=sha256_file(path), extra={"arch": arch_hints(encoder.model)})
+    report = update_index(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
+                          num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress)
+    print(report.summary())
+    for rel, reason in report.skipped[:20]:
+        print(f"  skipped {rel}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more (listed in {Path(args.out) / 'index.json'})", file=sys.stderr)
+    return 0
