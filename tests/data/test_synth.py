@@ -11,7 +11,7 @@ from PIL import Image
 
 from tvt.cli import main
 from tvt.data.synth import CLASS_NAMES, class_names, contact_sheet, generate, render_photo, render_sketch
-from tvt.errors import ConfigError
+from tvt.errors import ConfigError, DataError
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
@@ -166,6 +166,8 @@ def test_contact_sheet(small: Path, tmp_path: Path) -> None:
     out = contact_sheet(small, tmp_path / "sheet.png", classes=4, per_class=2)
     with Image.open(out) as im:
         assert im.mode == "RGB" and im.height == 4 * 64 and im.width > 4 * 64
+    with pytest.raises(DataError, match="nope"):
+        contact_sheet(small, tmp_path / "x.png", classes=["star5", "nope"])
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

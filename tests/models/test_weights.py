@@ -22,6 +22,9 @@ from tvt.models.weights import (
 )
 
 
+TOKENS = {2: ("dist_img_token", "fusion_token"), 3: ("dist_img_token", "dist_skt_token", "fusion_token")}
+
+
 def assert_state_equal(model: torch.nn.Module, saved: dict) -> None:
     got = model.state_dict()
     assert set(got) == set(saved)
@@ -106,7 +109,7 @@ def test_timm_state_dict_ignores_classifier(tools, teacher, tmp_path):
     with pytest.raises(CheckpointError, match="blocks.1.norm2.weight"):
         load_backbone(tools.save(missing, tmp_path / "missing.pth"))
     avg = {k.replace("norm.", "fc_norm.") if k.startswith("norm.") else k: v for k, v in state.items()}
-    with pytest.raises(CheckpointError, match="fc_norm"):
+    with pytest.raises(CheckpointError, match="fc_norm"):  # average-pooled: not a CLS-token ViT
         load_backbone(tools.save(avg, tmp_path / "avg.pth"))
 
 
@@ -224,8 +227,7 @@ def test_init_student_from_teacher_spec_3_3(tools, teacher, token_num):
                 assert torch.equal(s[k.replace("head.", "head_skt.", 1)], v), k
         if k.startswith("head.mlp."):
             assert torch.equal(s[k.replace("head.", "head_fusion.", 1)], v), k
-    names = ("dist_img_token", "fusion_token") if token_num == 2 else ("dist_img_token", "dist_skt_token", "fusion_token")
-    for name in names:
+    for name in student.backbone.token_names:
         assert torch.equal(s[f"backbone.{name}"], t["backbone.cls_token"])
     pos = t["backbone.pos_embed"]
     expected_pos = torch.cat([pos[:, :1]] * (token_num - 1) + [pos], 1)
@@ -233,6 +235,7 @@ def test_init_student_from_teacher_spec_3_3(tools, teacher, token_num):
     assert torch.equal(s["backbone.pos_embed"], expected_pos)
     assert torch.equal(s["head_fusion.fc.bias"], torch.zeros(7)) and s["head_fusion.fc.weight"].shape == (7, 16)
     assert s["head_fusion.fc.weight"].abs().max() < 0.1 and s["head_fusion.fc.weight"].std() > 0.005
+    assert student.backbone.token_names == TOKENS[token_num]
     assert (student.head_skt is not None) == (token_num == 3)
     assert isinstance(student.backbone, FusionViT) and student.backbone.pos_resample == "fidelity"
     z = student.eval().backbone(tools.images(2))
@@ -241,3 +244,20 @@ def test_init_student_from_teacher_spec_3_3(tools, teacher, token_num):
         for p in student.parameters():
             p.add_(1.0)
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
+
+
+def test_init_student_keeps_the_teachers_head_count(tools):
+    arch = ViTArch(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, mlp_ratio=2.0)
+    teacher = tools.make_teacher(8, arch=arch)
+    from_module = init_student_from_teacher(teacher, num_classes=3, pos_resample="exact").eval()
+    from_state = init_student_from_teacher(teacher.state_dict(), num_classes=3, pos_resample="exact", num_heads=4)
+    assert from_module.backbone.blocks[0].attn.num_heads == from_state.backbone.blocks[0].attn.num_heads == 4
+    # In exact mode with identical special tokens the fusion token sees [CLS, CLS, patches]: check it
+    # against the teacher's own blocks on that sequence, which only holds with the same head count.
+    x = tools.images(2)
+    vit = teacher.backbone
+    pos = vit.pos_embed.detach()
+    seq = torch.cat([(vit.cls_token + pos[:, :1]).expand(2, 2, -1), tools.patch_tokens(vit, x) + pos[:, 1:]], 1)
+    ref = tools.blocks_ref(vit, seq)[:, 1]
+    assert torch.allclose(from_module.features(x, "img"), ref, atol=1e-5)
+    assert torch.allclose(from_state.eval().features(x, "img"), ref, atol=1e-5)

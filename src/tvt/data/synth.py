@@ -77,7 +77,7 @@ def _box(a: Array, f: int) -> Array:
 
 def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> Array:
     """Smooth value noise in [0, 1], shape [n, n] (random grid upsampled bicubically)."""
-    small = Image.fromarray(rng.random((cells, cells)).astype(np.float32), mode="F")
+    small = Image.fromarray(rng.random((cells, cells)).astype(np.float32))  # mode "F"
     return np.clip(np.asarray(small.resize((n, n), Image.Resampling.BICUBIC)), 0.0, 1.0)
 
 
@@ -163,7 +163,7 @@ def render_photo(name: str, rng: np.random.Generator, size: int = 64) -> Image.I
     tone = colour * 0.3 if colour.mean() > 0.35 else np.minimum(colour + 0.5, 1.0)
     obj = _box(obj, 2) * (1 - ink) + tone[None, None] * ink
     img = (_box(bg, 2) * (1 - m) + obj * m) * 255 + rng.normal(0.0, rng.uniform(0.0, 4.0), (size, size, 3))
-    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))  # [size, size, 3] -> RGB
 
 
 # ----------------------------------------------------------------------------- sketches
@@ -178,32 +178,34 @@ def _resample(p: Array, step: float) -> tuple[Array, Array]:
 def _wobble_stroke(p: Array, closed: bool, rng: np.random.Generator, unit: float) -> list[Array]:
     """Turn an exact polyline into hand-drawn strokes: jittered vertices, smooth sideways drift,
     overshoot past the start of closed loops, over-long ends, and random gaps (dropout)."""
+    step = max(1.0, 0.02 * unit)
     # Small strokes (an eye, a hub) wobble less; dense curves get no per-vertex jitter (it would
     # look like scribble), sparse polygons do.
-    unit = unit * float(np.clip(np.ptp(p, axis=0).max() / unit, 0.15, 1.0))
+    amp = unit * float(np.clip(np.ptp(p, axis=0).max() / unit, 0.15, 1.0))
     seg = np.hypot(*np.diff(p, axis=0).T).mean() if len(p) > 1 else 0.0
-    p = p + rng.normal(0.0, 0.025 * unit * min(1.0, seg / (0.3 * unit)), p.shape)
+    p = p + rng.normal(0.0, 0.025 * amp * min(1.0, seg / (0.3 * amp)), p.shape)
     if closed:
         start = int(rng.integers(len(p)))
         p = np.vstack([p[start:], p[:start]])
-        q, u = _resample(np.vstack([p, p[:1]]), 2.0)
+        q, u = _resample(np.vstack([p, p[:1]]), step)
         extra = int(len(q) * rng.uniform(0.0, 0.08))  # overshoot: go on a bit past the start
         q, u = np.vstack([q, q[1:extra + 1]]), np.concatenate([u, u[-1] + u[1:extra + 1]])
     else:
-        q, u = _resample(p, 2.0)
+        q, u = _resample(p, step)
     if len(q) < 3:
         return [q]
     tang = np.gradient(q, axis=0)
     tang /= np.maximum(np.linalg.norm(tang, axis=1, keepdims=True), 1e-9)
     normal = np.stack([-tang[:, 1], tang[:, 0]], axis=1)
     off = np.zeros(len(q))
-    for _ in range(3):
-        lam = rng.uniform(0.4, 2.0) * unit
-        off += rng.uniform(0.0, 0.015) * unit * np.sin(2 * np.pi * u / lam + rng.uniform(0, 2 * np.pi))
-    off += rng.normal(0.0, 0.04 * unit) * u / max(u[-1], 1.0)  # drift: loops do not close exactly
+    for _ in range(3):  # smooth sideways wobble: a few random sinusoids along the arc length
+        lam = rng.uniform(0.4, 2.0) * amp
+        off += rng.uniform(0.0, 0.015) * amp * np.sin(2 * np.pi * u / lam + rng.uniform(0, 2 * np.pi))
+    off += rng.normal(0.0, 0.04 * amp) * u / max(u[-1], 1.0)  # drift: loops do not close exactly
     q = q + normal * off[:, None]
     if not closed and rng.random() < 0.5:  # over-long ends
-        q = np.vstack([q[0] - tang[0] * rng.uniform(0, 0.06) * unit, q, q[-1] + tang[-1] * rng.uniform(0, 0.06) * unit])
+        a, b = rng.uniform(0, 0.06, 2) * amp
+        q = np.vstack([q[0] - tang[0] * a, q, q[-1] + tang[-1] * b])
     if rng.random() < 0.3 and len(q) > 20:  # dropout: a missing piece of the stroke
         g = int(len(q) * rng.uniform(0.05, 0.15))
         a = int(rng.integers(1, len(q) - g - 1))
@@ -326,7 +328,8 @@ def contact_sheet(dataset_dir: str | Path, out_png: str | Path, classes: int | S
                   per_class: int = 4) -> Path:
     """Save a preview grid: one row per class, ``per_class`` photos then ``per_class`` sketches.
 
-    ``classes`` is a count (spread evenly over the sorted class list) or a list of names."""
+    ``classes`` is a count (spread evenly over the sorted class list) or a list of names; unseen
+    (zero-shot) classes are marked with ``*``."""
     root = Path(dataset_dir)
     names = sorted(p.name for p in (root / "photo").iterdir() if p.is_dir()) if (root / "photo").is_dir() else []
     if not names:
@@ -335,13 +338,19 @@ def contact_sheet(dataset_dir: str | Path, out_png: str | Path, classes: int | S
         idx = np.unique(np.linspace(0, len(names) - 1, min(classes, len(names))).round().astype(int))
         names = [names[i] for i in idx]
     else:
+        missing = sorted(set(classes) - set(names))
+        if missing:
+            raise DataError(f"{root / 'photo'}: no folder for class(es) {', '.join(missing)}; "
+                            f"available: {', '.join(names)}")
         names = list(classes)
+    zs = root / "split" / "zeroshot_classes.txt"
+    unseen = set(zs.read_text().splitlines()) if zs.is_file() else set()
     tile, label_w, gap = 64, 84, 8
     width = label_w + 2 * per_class * tile + gap
     sheet = Image.new("RGB", (width, tile * len(names)), (235, 235, 235))
     d = ImageDraw.Draw(sheet)
     for row, name in enumerate(names):
-        d.text((4, row * tile + tile // 2 - 5), name, fill=(0, 0, 0))
+        d.text((4, row * tile + tile // 2 - 5), name + (" *" if name in unseen else ""), fill=(0, 0, 0))
         for col, modality in enumerate(("photo", "sketch")):
             files = sorted((root / modality / name).glob("*.png"))[:per_class]
             for j, f in enumerate(files):

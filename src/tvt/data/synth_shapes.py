@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 Array = np.ndarray
+Rng = np.random.Generator
 TAU = 2.0 * np.pi
 
 
@@ -86,40 +87,40 @@ def polar(r: Callable[[Array], Array], n: int = 72, sx: float = 1.0, sy: float =
 
 
 # ----------------------------------------------------------------------------- families
-def _star5(r):
+def _star5(r: Rng) -> Figure:
     return Figure().region(star(5, 1.0, r.uniform(0.36, 0.55)))
 
 
-def _sparkle(r):
+def _sparkle(r: Rng) -> Figure:
     return Figure().region(star(4, 1.0, r.uniform(0.17, 0.3)))
 
 
-def _triangle(r):
+def _triangle(r: Rng) -> Figure:
     return Figure().region(pts(r.uniform(-.2, .2), -1, -r.uniform(.8, 1.05), .8, r.uniform(.8, 1.05), .8))
 
 
-def _square(r):
+def _square(r: Rng) -> Figure:
     return Figure().region(rect(-.8, -.8, .8, .8) + r.normal(0, .03, (4, 2)))
 
 
-def _pentagon(r):
+def _pentagon(r: Rng) -> Figure:
     return Figure().region(ngon(5))
 
 
-def _hexagon(r):
+def _hexagon(r: Rng) -> Figure:
     return Figure().region(ngon(6, rot=float(r.choice([0.0, np.pi / 6]))))
 
 
-def _diamond(r):
+def _diamond(r: Rng) -> Figure:
     w = r.uniform(.5, .75)
     return Figure().region(pts(0, -1, w, 0, 0, 1, -w, 0))
 
 
-def _circle(r):
+def _circle(r: Rng) -> Figure:
     return Figure().region(ellipse(0, 0, 1, r.uniform(.85, 1)))
 
 
-def _sun(r):
+def _sun(r: Rng) -> Figure:
     k, rr = int(r.integers(8, 13)), r.uniform(.4, .5)
     f = Figure().region(ngon(32, rr))
     for a in r.uniform(0, TAU) + TAU * np.arange(k) / k:
@@ -127,16 +128,16 @@ def _sun(r):
     return f
 
 
-def _ring(r):
+def _ring(r: Rng) -> Figure:
     return Figure().region(ellipse(0, 0, 1, 1)).region(ellipse(0, 0, *[r.uniform(.45, .68)] * 2), False)
 
 
-def _target(r):
+def _target(r: Rng) -> Figure:
     a, b = r.uniform(.62, .72), r.uniform(.3, .4)
     return Figure().region(ngon(48)).region(ngon(48, a), False).region(ngon(40, b))
 
 
-def _crescent(r):
+def _crescent(r: Rng) -> Figure:
     d, r2 = r.uniform(.35, .6), r.uniform(.85, 1.0)
     x = (1 + d * d - r2 * r2) / (2 * d)
     y = np.sqrt(max(1 - x * x, 1e-6))
@@ -146,29 +147,29 @@ def _crescent(r):
     return Figure().region(np.vstack([outer, inner]))
 
 
-def _heart(r):
+def _heart(r: Rng) -> Figure:
     t = np.linspace(0, TAU, 64, endpoint=False)
     x = 16 * np.sin(t) ** 3
     y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
     return Figure().region(np.stack([x / 17 * r.uniform(.9, 1.1), (y + 2.5) / 15], axis=1))
 
 
-def _cross(r):
+def _cross(r: Rng) -> Figure:
     t = r.uniform(.25, .4)
     return Figure().region(pts(-t, -1, t, -1, t, -t, 1, -t, 1, t, t, t, t, 1, -t, 1, -t, t, -1, t, -1, -t, -t, -t))
 
 
-def _arrow(r):
+def _arrow(r: Rng) -> Figure:
     t, h, hx = r.uniform(.14, .24), r.uniform(.45, .65), r.uniform(.0, .35)
     return Figure().region(pts(-1, -t, hx, -t, hx, -h, 1, 0, hx, h, hx, t, -1, t))
 
 
-def _double_arrow(r):
+def _double_arrow(r: Rng) -> Figure:
     t, h, hx = r.uniform(.12, .2), r.uniform(.4, .55), r.uniform(.4, .6)
     return Figure().region(pts(-1, 0, -hx, -h, -hx, -t, hx, -t, hx, -h, 1, 0, hx, h, hx, t, -hx, t, -hx, h))
 
 
-def _house(r):
+def _house(r: Rng) -> Figure:
     rh, w = r.uniform(.55, .85), r.uniform(.6, .75)
     top = -.1
     f = Figure().region(pts(-w, .9, -w, top, -w - .18, top, 0, top - rh, w + .18, top, w, top, w, .9))
@@ -179,13 +180,13 @@ def _house(r):
     return f
 
 
-def _tree(r):
+def _tree(r: Rng) -> Figure:
     k = int(r.integers(5, 8))
     canopy = polar(lambda t: 1 + .1 * np.cos(k * t), sx=.8, sy=.65) + [0, -.3]
     return Figure().region(rect(-.14, .2, .14, 1)).region(canopy)
 
 
-def _pine(r):
+def _pine(r: Rng) -> Figure:
     f, n = Figure().region(rect(-.12, .7, .12, 1.0)), int(r.integers(2, 4))
     for i in range(n):
         y0 = -1 + i * 1.6 / n
@@ -194,7 +195,7 @@ def _pine(r):
     return f
 
 
-def _mushroom(r):
+def _mushroom(r: Rng) -> Figure:
     ry = r.uniform(.55, .8)
     f = Figure().region(pts(-.22, -.05, .22, -.05, .3, .9, -.3, .9))
     f.region(ellipse(0, 0, 1, ry, np.pi, TAU, n=30))
@@ -203,26 +204,27 @@ def _mushroom(r):
     return f
 
 
-def _key(r):
+def _key(r: Rng) -> Figure:
     ty = r.uniform(.25, .4)
     f = Figure().region(ngon(36, .42, cx=-.55)).region(ngon(24, .18, cx=-.55), False)
-    return f.region(pts(-.2, -.09, 1, -.09, 1, ty, .85, ty, .85, .09, .7, .09, .7, ty * .8, .55, ty * .8, .55, .09, -.2, .09))
+    bit = pts(-.2, -.09, 1, -.09, 1, ty, .85, ty, .85, .09, .7, .09, .7, ty * .8, .55, ty * .8, .55, .09, -.2, .09)
+    return f.region(bit)
 
 
-def _bell(r):
+def _bell(r: Rng) -> Figure:
     w = r.uniform(.75, .95)
     side = pts(.05, -.85, .35, -.75, .45, -.3, .55, .2, w, .6, w + .05, .72)
     f = Figure().region(ngon(16, .13, cy=-.9)).region(mirror_x(side))
     return f.region(ngon(16, .14, cy=.86))
 
 
-def _mug(r):
+def _mug(r: Rng) -> Figure:
     x1 = r.uniform(.3, .5)
     f = Figure().region(rect(-.7, -.7, x1, .9))
     return f.bar(ellipse(x1, .1, .35, .4, -np.pi / 2.2, np.pi / 2.2, n=14), .13)
 
 
-def _umbrella(r):
+def _umbrella(r: Rng) -> Figure:
     k = int(r.integers(3, 5))
     top = ellipse(0, .05, 1, r.uniform(.7, .9), np.pi, TAU, n=30)
     bottom = np.vstack([ellipse(1 - (2 * i + 1) / k, .05, 1 / k, .15, 0, -np.pi, n=8) for i in range(k)])
@@ -230,14 +232,14 @@ def _umbrella(r):
     return f.bar(np.vstack([pts(0, 0, 0, .75), ellipse(-.18, .75, .18, .2, 0, np.pi, n=8)]), .09)
 
 
-def _fish(r):
+def _fish(r: Rng) -> Figure:
     ry = r.uniform(.35, .5)
     f = Figure().region(pts(.5, 0, 1, -.45, 1, .45)).region(ellipse(-.15, 0, .75, ry))
     f.detail(ngon(8, .07, cx=-.5, cy=-.12), closed=True)
     return f.detail(ellipse(-.75, 0, .45, ry * .7, -.55, .55, n=8))
 
 
-def _leaf(r):
+def _leaf(r: Rng) -> Figure:
     w, t = r.uniform(.4, .6), np.linspace(0, 1, 24)
     bend = r.uniform(-.12, .12)
     right = np.stack([w * np.sin(np.pi * t) ** .8 + bend * np.sin(np.pi * t), -1 + 1.8 * t], axis=1)
@@ -249,7 +251,7 @@ def _leaf(r):
     return f
 
 
-def _flower(r):
+def _flower(r: Rng) -> Figure:
     k, f = int(r.integers(5, 8)), Figure()
     for i in range(k):
         a = TAU * i / k
@@ -257,76 +259,79 @@ def _flower(r):
     return f.region(ngon(24, r.uniform(.25, .32)))
 
 
-def _cloud(r):
+def _cloud(r: Rng) -> Figure:
     k = int(r.integers(5, 8))
     return Figure().region(polar(lambda t: .8 + .2 * np.abs(np.sin(k * t / 2)), n=96, sx=1.0, sy=r.uniform(.55, .7)))
 
 
-def _lightning(r):
+def _lightning(r: Rng) -> Figure:
     p = pts(-.2, -1, .45, -1, .1, -.2, .5, -.2, -.3, 1, -.05, .15, -.45, .15) + r.normal(0, .04, (7, 2))
     return Figure().region(p)
 
 
-def _drop(r):
+def _drop(r: Rng) -> Figure:
     t = np.linspace(0, TAU, 48, endpoint=False)
     m = r.uniform(1.0, 1.6)
     return Figure().region(np.stack([.75 * np.sin(t) * np.abs(np.sin(t / 2)) ** m, -np.cos(t)], axis=1))
 
 
-def _hourglass(r):
+def _hourglass(r: Rng) -> Figure:
     n = r.uniform(.05, .12)
     f = Figure().region(pts(-.65, -.9, .65, -.9, n, 0, .65, .9, -.65, .9, -n, 0))
     return f.region(rect(-.85, -1, .85, -.85)).region(rect(-.85, .85, .85, 1))
 
 
-def _spiral(r):
+def _spiral(r: Rng) -> Figure:
     turns = r.uniform(2.0, 2.6)
     t = np.linspace(0, turns * TAU, int(40 * turns))
     rr = .1 + .9 * t / t[-1]
     return Figure().bar(np.stack([rr * np.cos(t), rr * np.sin(t)], axis=1), .11)
 
 
-def _stairs(r):
+def _stairs(r: Rng) -> Figure:
     k = int(r.integers(3, 5))
     s = 2.0 / k
-    p = [(-1, 1)] + [(x, y) for i in range(k) for x, y in ((-1 + i * s, 1 - (i + 1) * s), (-1 + (i + 1) * s, 1 - (i + 1) * s))]
-    return Figure().region(np.vstack([np.array(p), [[1, 1]]]))
+    p = [(-1.0, 1.0)]
+    for i in range(k):  # one riser and one tread per step
+        p += [(-1 + i * s, 1 - (i + 1) * s), (-1 + (i + 1) * s, 1 - (i + 1) * s)]
+    return Figure().region(np.array(p + [(1.0, 1.0)]))
 
 
-def _car(r):
+def _car(r: Rng) -> Figure:
     cx = r.uniform(-.15, .15)
-    f = Figure().region(pts(-1, -.05, cx - .5, -.05, cx - .3, -.5, cx + .35, -.5, cx + .6, -.05, 1, -.05, 1, .45, -1, .45))
+    body = pts(-1, -.05, cx - .5, -.05, cx - .3, -.5, cx + .35, -.5, cx + .6, -.05, 1, -.05, 1, .45, -1, .45)
+    f = Figure().region(body)
     for x in (-.55, .55):
         f.region(ngon(24, .24, cx=x, cy=.45)).region(ngon(12, .09, cx=x, cy=.45), False)
     return f.detail(pts(cx, -.45, cx, -.08))
 
 
-def _boat(r):
+def _boat(r: Rng) -> Figure:
     f = Figure().region(pts(-1, .45, 1, .45, .7, .85, -.7, .85)).bar(pts(0, .45, 0, -1), .07)
     f.region(pts(.1, -.95, .1, .32, r.uniform(.6, .85), .32))
     return f.region(pts(-.1, -.7, -.1, .32, -r.uniform(.4, .6), .32)) if r.random() < .5 else f
 
 
-def _bottle(r):
+def _bottle(r: Rng) -> Figure:
     w = r.uniform(.38, .5)
     f = Figure().region(rect(-.15, -1, .15, -.85)).region(mirror_x(pts(.13, -.85, .13, -.5, w, -.15, w, 1)))
     return f.detail(rect(-w * .8, .1, w * .8, .6), closed=True)
 
 
-def _candle(r):
+def _candle(r: Rng) -> Figure:
     w = r.uniform(.2, .3)
     t = np.linspace(0, TAU, 24, endpoint=False)
     flame = np.stack([.17 * np.sin(t) * np.abs(np.sin(t / 2)), -.6 - .33 * np.cos(t)], axis=1)
     return Figure().region(rect(-w, -.2, w, 1)).region(flame).bar(pts(0, -.2, 0, -.3), .04)
 
 
-def _hammer(r):
+def _hammer(r: Rng) -> Figure:
     h = r.uniform(.25, .35)
     f = Figure().region(rect(-.1, -.6, .1, 1))
     return f.region(pts(-.75, -.8, .45, -.8, .85, -.95, .7, -.8 + h, -.75, -.8 + h))
 
 
-def _glasses(r):
+def _glasses(r: Rng) -> Figure:
     rr = r.uniform(.33, .42)
     f = Figure()
     for x in (-.55, .55):
@@ -335,7 +340,7 @@ def _glasses(r):
     return f.bar(pts(-.55 - rr, 0, -1.05, -.25), .07).bar(pts(.55 + rr, 0, 1.05, -.25), .07)
 
 
-def _snowman(r):
+def _snowman(r: Rng) -> Figure:
     f, y = Figure(), 1.0
     rs = [.5, .38, .27] if r.random() < .6 else [.55, .42]
     for i, rr in enumerate(rs):
@@ -347,22 +352,23 @@ def _snowman(r):
     return f
 
 
-def _apple(r):
+def _apple(r: Rng) -> Figure:
     p = ellipse(0, .1, .8, .75, n=48)
     p[:, 1] += .3 * np.exp(-(p[:, 0] / .25) ** 2) * (p[:, 1] < 0)
     f = Figure().region(p).bar(pts(0, -.35, .1, -.9), .08)
     return f.region(ellipse(.35, -.75, .25, .1, rot=-.5, n=16)) if r.random() < .7 else f
 
 
-def _butterfly(r):
+def _butterfly(r: Rng) -> Figure:
     f, a = Figure(), r.uniform(.4, .7)
     for s in (-1, 1):
-        f.region(ellipse(s * .5, -.35, .5, .38, rot=-s * a, n=24)).region(ellipse(s * .38, .4, .35, .28, rot=s * a, n=20))
+        f.region(ellipse(s * .5, -.35, .5, .38, rot=-s * a, n=24))
+        f.region(ellipse(s * .38, .4, .35, .28, rot=s * a, n=20))
         f.bar(pts(0, -.6, s * .3, -1.0), .04)
     return f.region(ellipse(0, 0, .1, .7, n=16))
 
 
-def _gear(r):
+def _gear(r: Rng) -> Figure:
     k = int(r.integers(8, 12))
     t = np.linspace(0, TAU, 4 * k, endpoint=False)
     rr = np.where((np.arange(4 * k) // 2) % 2 == 0, 1.0, .78)
@@ -370,19 +376,19 @@ def _gear(r):
     return f.region(ngon(24, r.uniform(.22, .35)), False)
 
 
-def _dumbbell(r):
+def _dumbbell(r: Rng) -> Figure:
     h = r.uniform(.45, .6)
     return Figure().region(rect(-.7, -.1, .7, .1)).region(rect(-.9, -h, -.55, h)).region(rect(.55, -h, .9, h))
 
 
-def _ladder(r):
+def _ladder(r: Rng) -> Figure:
     f, k = Figure().bar(pts(-.45, -1, -.45, 1), .1).bar(pts(.45, -1, .45, 1), .1), int(r.integers(3, 6))
     for y in np.linspace(-.75, .75, k):
         f.bar(pts(-.45, y, .45, y), .09)
     return f
 
 
-def _crown(r):
+def _crown(r: Rng) -> Figure:
     k = int(r.integers(3, 6))
     xs = np.linspace(-.9, .9, 2 * k - 1)
     top = [(x, -.85 if i % 2 == 0 else -.15) for i, x in enumerate(xs)]
@@ -390,13 +396,13 @@ def _crown(r):
     return f.detail(pts(-.9, .3, .9, .3))
 
 
-def _shield(r):
+def _shield(r: Rng) -> Figure:
     side = np.vstack([pts(0, -.95, .45, -.8, .85, -.9), ellipse(0, -.1, .85, 1.05, 0, np.pi / 2, n=14)])
     f = Figure().region(mirror_x(side))
     return f.detail(pts(0, -.8, 0, .8)).detail(pts(-.75, -.2, .75, -.2))
 
 
-def _bone(r):
+def _bone(r: Rng) -> Figure:
     f = Figure().region(rect(-.65, -.14, .65, .14))
     for x in (-.72, .72):
         for y in (-.2, .2):
@@ -404,20 +410,20 @@ def _bone(r):
     return f
 
 
-def _kite(r):
+def _kite(r: Rng) -> Figure:
     w = r.uniform(.5, .7)
     f = Figure().region(pts(0, -1, w, -.4, 0, .55, -w, -.4)).detail(pts(0, -1, 0, .55)).detail(pts(-w, -.4, w, -.4))
     t = np.linspace(0, 1, 16)
     return f.bar(np.stack([.15 * np.sin(3 * np.pi * t), .55 + .5 * t], axis=1), .05)
 
 
-def _envelope(r):
+def _envelope(r: Rng) -> Figure:
     h = r.uniform(.55, .7)
     f = Figure().region(rect(-1, -h, 1, h)).detail(pts(-1, -h, 0, r.uniform(0, .2), 1, -h))
     return f.detail(pts(-1, h, -.3, -.05)).detail(pts(1, h, .3, -.05)) if r.random() < .5 else f
 
 
-def _window(r):
+def _window(r: Rng) -> Figure:
     t = r.uniform(.1, .16)
     f = Figure().region(rect(-.85, -.85, .85, .85))
     for x0, x1 in ((-.85 + t, -t / 2), (t / 2, .85 - t)):
@@ -426,14 +432,14 @@ def _window(r):
     return f
 
 
-def _lollipop(r):
+def _lollipop(r: Rng) -> Figure:
     rr = r.uniform(.5, .62)
     t = np.linspace(0, 2.5 * TAU, 50)
     sp = np.stack([rr * .85 * t / t[-1] * np.cos(t), -1 + rr + rr * .85 * t / t[-1] * np.sin(t)], axis=1)
     return Figure().bar(pts(0, -1 + 2 * rr, 0, 1), .08).region(ngon(32, rr, cy=-1 + rr)).detail(sp)
 
 
-def _rocket(r):
+def _rocket(r: Rng) -> Figure:
     w = r.uniform(.28, .36)
     side = np.vstack([ellipse(0, .1, w, 1.1, -np.pi / 2, 0, n=14), pts(w, .75)])
     f = Figure().region(pts(w - .05, .3, w + .3, .75, w + .3, 1, w - .05, .75))
@@ -441,47 +447,48 @@ def _rocket(r):
     return f.detail(ngon(12, w * .5, cy=-.2), closed=True)
 
 
-def _tshirt(r):
+def _tshirt(r: Rng) -> Figure:
     s = r.uniform(.3, .45)
     f = Figure().region(mirror_x(pts(.25, -.85, .6, -.8, 1, -.8 + s * 1.2, .8, -.8 + s * 1.6, .6, -.45, .6, .9)))
     return f.detail(ellipse(0, -.85, .25, .2, 0, np.pi, n=10))
 
 
-def _chair(r):
+def _chair(r: Rng) -> Figure:
     y = r.uniform(0, .2)
     f = Figure().bar(pts(-.5, -1, -.5, 1), .12).bar(pts(-.5, y, .55, y), .12)
     return f.bar(pts(.5, y, .5, 1), .12)
 
 
-def _table(r):
+def _table(r: Rng) -> Figure:
     h = r.uniform(-.5, -.2)
     return Figure().region(rect(-1, h - .15, 1, h)).bar(pts(-.75, h, -.75, .9), .12).bar(pts(.75, h, .75, .9), .12)
 
 
-def _zigzag(r):
+def _zigzag(r: Rng) -> Figure:
     k = int(r.integers(4, 7))
     x = np.linspace(-1, 1, k + 1)
     return Figure().bar(np.stack([x, np.where(np.arange(k + 1) % 2 == 0, -.45, .45)], axis=1), .12)
 
 
-def _wave(r):
+def _wave(r: Rng) -> Figure:
     x = np.linspace(-1, 1, 40)
     return Figure().bar(np.stack([x, .45 * np.sin(np.pi * r.uniform(1.5, 2.5) * x)], axis=1), .12)
 
 
-def _anchor(r):
+def _anchor(r: Rng) -> Figure:
     f = Figure().region(ngon(20, .2, cy=-.8)).region(ngon(12, .09, cy=-.8), False)
     f.bar(pts(0, -.6, 0, .95), .1).bar(pts(-.4, -.35, .4, -.35), .1)
-    return f.bar(ellipse(0, .3, .75, .65, 0, np.pi, n=20), .1).region(pts(.65, .35, .95, .2, .8, .0)).region(pts(-.65, .35, -.95, .2, -.8, 0))
+    f.bar(ellipse(0, .3, .75, .65, 0, np.pi, n=20), .1)
+    return f.region(pts(.65, .35, .95, .2, .8, .0)).region(pts(-.65, .35, -.95, .2, -.8, 0))
 
 
-def _pie(r):
+def _pie(r: Rng) -> Figure:
     m = r.uniform(.35, .7)
     f = Figure().region(np.vstack([pts(0, 0), ellipse(0, 0, 1, 1, m, TAU - m, n=40)]))
     return f.detail(ngon(8, .1, cx=0, cy=-.5), closed=True)
 
 
-def _clock(r):
+def _clock(r: Rng) -> Figure:
     f = Figure().region(ngon(48))
     for a in np.arange(4) * np.pi / 2:
         f.detail(pts(.75 * np.cos(a), .75 * np.sin(a), .9 * np.cos(a), .9 * np.sin(a)))
@@ -489,14 +496,15 @@ def _clock(r):
     return f.detail(pts(.6 * np.cos(a), .6 * np.sin(a), 0, 0, .35, -.35))
 
 
-def _note(r):
+def _note(r: Rng) -> Figure:
     f = Figure().region(ellipse(-.25, .7, .35, .25, rot=-.35, n=24)).bar(pts(.06, .62, .06, -1), .09)
     return f.bar(pts(.06, -1, .4, -.7, .5, -.35, .35, -.1), .08)
 
 
-def _bowtie(r):
+def _bowtie(r: Rng) -> Figure:
     h = r.uniform(.5, .75)
-    return Figure().region(pts(-1, -h, -.1, -.15, -.1, .15, -1, h)).region(pts(1, -h, .1, -.15, .1, .15, 1, h)).region(rect(-.16, -.22, .16, .22))
+    f = Figure().region(pts(-1, -h, -.1, -.15, -.1, .15, -1, h)).region(pts(1, -h, .1, -.15, .1, .15, 1, h))
+    return f.region(rect(-.16, -.22, .16, .22))
 
 
 # Curated order: ``generate(num_classes=N)`` uses the first N, so any prefix is varied.

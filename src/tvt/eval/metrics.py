@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -203,10 +203,11 @@ def _relevant_ranks(s: torch.Tensor, rel: torch.Tensor, n_bins: int) -> tuple[to
     per_gap = torch.zeros(c, n + 1, dtype=torch.int64, device=dev)
     per_gap.scatter_add_(1, gap, torch.ones_like(gap))
     colliding_upto = per_gap.cumsum(1)[:, :n]  # colliding keys <= the m-th relevant key
-    hist2 = hist.view(c, nb).long()
-    before_bin = hist2.cumsum(1) - hist2  # non-colliding items in earlier bins
+    hist = hist.view(c, nb)
     rank_bins = rel_bins.gather(1, order) - (torch.arange(c, device=dev) * nb)[:, None]
-    ranks = before_bin.gather(1, rank_bins) + colliding_upto
+    # non-colliding items in the bins before each relevant item's bin
+    before_bin = hist.cumsum(1, dtype=torch.int32).gather(1, rank_bins) - hist.gather(1, rank_bins)
+    ranks = before_bin.long() + colliding_upto
     return ranks, rel.to(dev)[order]
 
 
@@ -247,6 +248,50 @@ def _metric_names(ks_map: Sequence[int], ks_prec: Sequence[int]) -> list[str]:
 # public entry point
 
 
+def iter_relevant_ranks(
+    q: Any,
+    q_labels: Any,
+    g: Any,
+    g_labels: Any,
+    *,
+    chunk: int | None = None,
+    exclude_self: bool = False,
+    scores: str = "cosine",
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Yield ``(query indices [c], ranks [c, n] int64 CPU, N_g)`` for chunks of same-label queries.
+
+    ``ranks`` are the exact ascending 1-based ranks of the n relevant gallery items of each query
+    (ties by gallery index [Q33]); n may be 0. Arguments as in :func:`retrieval_metrics`.
+    """
+    qt, gt = _prepare(q, g, scores)
+    ql = check_labels(q_labels, qt.shape[0], "query labels")
+    gl = check_labels(g_labels, gt.shape[0], "gallery labels")
+    n_q, n_g = qt.shape[0], gt.shape[0]
+    if exclude_self and (n_q != n_g or not torch.equal(ql, gl)):
+        raise DataError(
+            "exclude_self needs the queries and the gallery to be the same set in the same order "
+            f"(got {n_q} queries and {n_g} gallery items, or different labels)"
+        )
+    if n_g >= 2**32:
+        raise DataError(f"gallery too large ({n_g} items); at most 2**32 - 1 are supported")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gt = gt.to(dev)
+    rows_per_chunk = chunk if chunk is not None else max(1, _CHUNK_ELEMENTS // n_g)
+    n_bins = int(min(max(1024, 2 ** math.ceil(math.log2(n_g))), 1 << 17))
+    n_eff = n_g - 1 if exclude_self else n_g
+    with torch.inference_mode():
+        for qidx, rel in _query_groups(ql, gl, rows_per_chunk):
+            if rel.numel() <= int(exclude_self):  # no relevant item
+                yield qidx, torch.zeros(qidx.numel(), 0, dtype=torch.int64), n_eff
+                continue
+            s = qt[qidx].to(dev) @ gt.T
+            ranks, ranked_idx = _relevant_ranks(s, rel, n_bins)
+            if exclude_self:
+                ranks = _drop_self(ranks, ranked_idx, qidx.to(dev))
+            yield qidx, ranks.cpu(), n_eff
+
+
 def retrieval_metrics(
     q: Any,
     q_labels: Any,
@@ -264,49 +309,36 @@ def retrieval_metrics(
 ) -> dict[str, Any]:
     """mAP@all, mAP@k and P@k (spec §6.2) of queries ``q`` [Q, D] against gallery ``g`` [G, D].
 
-    ``scores="cosine"``: features (numpy or torch) are L2-normalised and compared by dot product.
-    ``scores="hamming"``: ``q`` and ``g`` are binary codes [N, bits] (bool or 0/1), ranked by
-    ascending Hamming distance. Ties go to the lower gallery index [Q33]. ``chunk`` bounds the
-    queries scored at once (default: ~8M scores per chunk). ``exclude_self`` (intra-modal
-    retrieval without the query itself, the opposite of the official [Q32]) requires ``q`` and
-    ``g`` to be the same set in the same order: query i is gallery item i and is left out of its
-    own ranking (N_g and N_rel shrink by one).
+    ``scores="cosine"``: features (numpy or torch) are L2-normalised and compared by dot product
+    in float32. ``scores="hamming"``: ``q`` and ``g`` are binary codes [N, bits] (bool or 0/1),
+    ranked by ascending Hamming distance. Ties go to the lower gallery index [Q33]. ``chunk``
+    bounds the queries scored at once (default: ~8M scores per chunk; the memory stays bounded at
+    any size). ``exclude_self`` (intra-modal retrieval without the query itself; the official
+    code keeps it [Q32]) requires ``q`` and ``g`` to be the same set in the same order: query i
+    is gallery item i and is left out of its own ranking (N_g and N_rel shrink by one).
+    ``device`` (e.g. "cuda") runs the scoring and ranking there.
 
     Returns ``{"mAP@all", "mAP@<k>"..., "P@<k>"..., "n_queries", "n_gallery"}`` (floats / ints)
     and, with ``return_per_query``, ``"per_query": {metric name: float64 array [Q]}``.
+    Note: float32 dot products from different BLAS kernels (chunk shapes, devices) may differ in
+    the last bit, which can reorder scores that are equal up to rounding.
     """
     ks_map, ks_prec = _check_ks(ks_map, "ks_map"), _check_ks(ks_prec, "ks_prec")
-    qt, gt = _prepare(q, g, scores)
-    ql = check_labels(q_labels, qt.shape[0], "query labels")
-    gl = check_labels(g_labels, gt.shape[0], "gallery labels")
-    n_q, n_g = qt.shape[0], gt.shape[0]
-    if exclude_self and (n_q != n_g or not torch.equal(ql, gl)):
-        raise DataError(
-            "exclude_self needs the queries and the gallery to be the same set in the same order "
-            f"(got {n_q} queries and {n_g} gallery items, or different labels)"
-        )
-    if n_g >= 2**32:
-        raise DataError(f"gallery too large ({n_g} items); at most 2**32 - 1 are supported")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    gt = gt.to(dev)
     names = _metric_names(ks_map, ks_prec)
-    per_query = {name: torch.zeros(n_q, dtype=torch.float64) for name in names}
-    n_eff = n_g - 1 if exclude_self else n_g
-    rows_per_chunk = chunk if chunk is not None else max(1, _CHUNK_ELEMENTS // n_g)
-    n_bins = int(min(max(1024, 2 ** math.ceil(math.log2(n_g))), 1 << 17))
-    no_relevant = 0
+    per_query: dict[str, torch.Tensor] = {}
+    n_q = n_g = no_relevant = 0
     from tqdm import tqdm
 
-    with torch.inference_mode(), tqdm(total=n_q, unit="query", disable=not progress, file=sys.stderr) as bar:
-        for qidx, rel in _query_groups(ql, gl, rows_per_chunk):
-            if rel.numel() <= int(exclude_self):
-                no_relevant += qidx.numel()
-                bar.update(qidx.numel())
-                continue  # no relevant item: every metric stays 0
-            s = qt[qidx].to(dev) @ gt.T
-            ranks, ranked_idx = _relevant_ranks(s, rel, n_bins)
-            if exclude_self:
-                ranks = _drop_self(ranks, ranked_idx, qidx.to(dev))
+    ranked = iter_relevant_ranks(
+        q, q_labels, g, g_labels, chunk=chunk, exclude_self=exclude_self, scores=scores, device=device
+    )
+    with tqdm(unit="query", disable=not progress, file=sys.stderr, desc="metrics") as bar:
+        for qidx, ranks, n_eff in ranked:
+            if not per_query:  # inputs are validated by now
+                n_q, n_g = len(q_labels), n_eff + int(exclude_self)
+                per_query = {name: torch.zeros(n_q, dtype=torch.float64) for name in names}
+                bar.reset(total=n_q)
+            no_relevant += qidx.numel() if ranks.shape[1] == 0 else 0
             for name, vals in _metrics_from_ranks(ranks, n_eff, ks_map, ks_prec).items():
                 per_query[name][qidx] = vals
             bar.update(qidx.numel())

@@ -135,7 +135,8 @@ class DinoViT(VisionTransformer):
     def _pos_embed(self, x: Tensor) -> Tensor:
         """Prepend CLS and add the positional embedding; x: [N, gh, gw, D] (NHWC) -> [N, 1+gh*gw, D].
 
-        The stored embedding is used unchanged when the grid is the native g x g one; otherwise the grid is resized by :func:`resample_pos_grid` (spec §2.1).
+        The stored embedding is used unchanged when the grid is the native g x g one; otherwise
+        the grid is resized by :func:`resample_pos_grid` (spec §2.1).
         """
         n, gh, gw, dim = x.shape
         g = self.arch.grid

@@ -27,7 +27,7 @@ from tvt.models.convert import (
     read_checkpoint,
     sub_state,
 )
-from tvt.models.fusion import FusionViT
+from tvt.models.fusion import POS_RESAMPLE_MODES, FusionViT
 from tvt.models.heads import DINOHead, FusionHead
 from tvt.models.vit import DinoViT, ViTArch, build_vit
 from tvt.models.wrappers import RETURN_IDX, Student, Teacher, check_modality
@@ -56,13 +56,13 @@ def _backbone_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping
         raise CheckpointError(
             f"checkpoint {path} holds a TVT fusion ViT, not a plain ViT; use load_student or load_encoder"
         )
-    if any(k.startswith("fc_norm.") for k in backbone) and "norm.weight" not in backbone:
+    if any(k.startswith("fc_norm.") for k in backbone):
+        # timm keeps fc_norm only when it pools by averaging (its final `norm` is then Identity).
         raise CheckpointError(
-            f"checkpoint {path} is an average-pooled ViT (fc_norm, no final norm); a CLS-token ViT "
-            "with a final `norm` (DINO/timm token pooling) is needed"
+            f"checkpoint {path} is an average-pooled timm ViT (fc_norm.* keys); a CLS-token ViT with a "
+            "final `norm` (DINO, or timm with global_pool='token') is needed"
         )
-    # fc_norm next to norm is timm's post-pool norm, unused with CLS pooling; ignored like the classifier.
-    backbone = {k: v for k, v in backbone.items() if k not in _TIMM_IGNORED and not k.startswith("fc_norm.")}
+    backbone = {k: v for k, v in backbone.items() if k not in _TIMM_IGNORED}
     model = build_vit(infer_vit_arch(backbone, path, prefix_tokens=1, hint=hint))
     _load(model, backbone, path, "ViT backbone")
     return model
@@ -159,37 +159,51 @@ def load_backbone(path: str | Path) -> DinoViT:
 
 
 def _student_model(
-    arch: ViTArch, token_num: int, pos_resample: str, head_dims: dict, num_classes: int
+    arch: ViTArch, token_num: int, pos_resample: str, head_dims: dict, num_classes: int,
+    fusion_dims: dict | None = None,
 ) -> Student:
-    """A randomly initialised Student of the given sizes."""
+    """A randomly initialised Student of the given sizes (fusion MLP = DINO MLP sizes by default)."""
     mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    fusion_mlp = {k: (fusion_dims or head_dims)[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
     backbone = FusionViT(arch, token_num=token_num, pos_resample=pos_resample)
     head = DINOHead(arch.embed_dim, out_dim=head_dims["out_dim"], **mlp)
     head_skt = DINOHead(arch.embed_dim, out_dim=head_dims["out_dim"], **mlp) if token_num == 3 else None
-    head_fusion = FusionHead(arch.embed_dim, num_classes, **mlp)
+    head_fusion = FusionHead(arch.embed_dim, num_classes, **fusion_mlp)
     return Student(backbone, head, head_fusion, head_skt)
 
 
 def init_student_from_teacher(
-    teacher_state: Mapping[str, Tensor],
+    teacher_state: Mapping[str, Tensor] | nn.Module,
     num_classes: int,
     token_num: int = 2,
     pos_resample: str = "fidelity",
+    num_heads: int | None = None,
 ) -> Student:
-    """TVT student initialised from the image teacher's state dict (spec §3.3).
+    """TVT student initialised from the image teacher (spec §3.3).
 
     Backbone blocks/patch embed/norm copied; every special token = ``cls_token``; ``pos_embed``
     = the CLS row repeated ``token_num - 1`` times, then the teacher's full embedding (so every
     special token gets the CLS row [Q11]); ``head`` and ``head_skt`` = the teacher's head;
     ``head_fusion.mlp`` = the teacher's head MLP; ``head_fusion.fc`` is the only random tensor
     (trunc-normal 0.02, zero bias; drawn from the global torch RNG). Tensors are copied, never
-    shared with ``teacher_state``.
+    shared with the teacher.
+
+    ``teacher_state`` is the teacher's state dict (``backbone.*``, ``head.*``) or the
+    :class:`Teacher` itself. Attention heads are not stored in a state dict: they come from
+    ``num_heads``, else from the Teacher module, else ``embed_dim // 64`` (DINO's ViTs) — pass the
+    module or ``num_heads`` for other head sizes.
     """
+    if isinstance(teacher_state, nn.Module):
+        backbone_module = getattr(teacher_state, "backbone", teacher_state)
+        if num_heads is None and hasattr(backbone_module, "blocks"):
+            num_heads = backbone_module.blocks[0].attn.num_heads
+        teacher_state = teacher_state.state_dict()
     state = clean_state(teacher_state, "<teacher state>", "teacher")
     backbone, head = sub_state(state, "backbone."), sub_state(state, "head.")
     if not head:
         raise CheckpointError("the teacher state has no DINO head (head.*); a full DINO checkpoint is needed")
-    arch = infer_vit_arch(backbone, "<teacher state>", prefix_tokens=1)
+    hint = {"num_heads": num_heads} if num_heads else {}
+    arch = infer_vit_arch(backbone, "<teacher state>", prefix_tokens=1, hint=hint)
     dims = infer_head_dims(head, "<teacher state>", "DINO head")
     student = _student_model(arch, token_num, pos_resample, dims, num_classes)
     cls, pos = backbone.pop("cls_token"), backbone.pop("pos_embed")
@@ -201,7 +215,8 @@ def init_student_from_teacher(
         new.update({f"{prefix}{k}": v for k, v in head.items()})
     new.update({f"head_fusion.{k}": v for k, v in head.items() if k.startswith("mlp.")})
     # load_state_dict copies into the student's own tensors, so nothing aliases the teacher.
-    _load(student, new, "<teacher state>", "TVT student", ignore_missing=("head_fusion.fc.weight", "head_fusion.fc.bias"))
+    fresh = ("head_fusion.fc.weight", "head_fusion.fc.bias")
+    _load(student, new, "<teacher state>", "TVT student", ignore_missing=fresh)
     return student
 
 
@@ -237,7 +252,9 @@ def build_student(
     if "out_dim" not in dims or "num_classes" not in fusion:
         raise CheckpointError(f"checkpoint {path}: the student lacks head.last_layer or head_fusion.fc weights")
     mode = pos_resample or hint.get("pos_resample") or "fidelity"
-    student = _student_model(arch, token_num, mode, dims, fusion["num_classes"])
+    if mode not in POS_RESAMPLE_MODES:
+        raise CheckpointError(f"checkpoint {path}: pos_resample {mode!r} is not one of {POS_RESAMPLE_MODES}")
+    student = _student_model(arch, token_num, mode, dims, fusion["num_classes"], fusion)
     _load(student, state, path, "TVT student")
     return student
 

@@ -22,6 +22,7 @@ import io
 import json
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from importlib import resources
 from typing import Any
@@ -61,7 +62,11 @@ def decode_image(data: bytes, content_type: str, max_pixels: int = MAX_PIXELS) -
     The size is read from the header before any pixel is decoded (decompression bombs).
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked below, against our own, lower limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"image is far too large ({exc}); the limit is {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise HTTPException(400, f"the body is not a readable image ({type(exc).__name__}); send a PNG or JPEG") from exc
     want = IMAGE_TYPES[content_type]
