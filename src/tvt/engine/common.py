@@ -16,6 +16,18 @@ from torch import nn
 from tvt.errors import ConfigError
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python ``random`` (the official code leaves ``random`` unseeded [Q23];
+    it drives blur and solarization, so seeding it makes CPU runs repeatable)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> bf16 on CUDA, fp32 elsewhere. Mixed precision is refused on CPU."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):

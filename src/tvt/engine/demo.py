@@ -57,7 +57,7 @@ def _encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device
     teacher = load_teacher(image_vit).to(device).eval()
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     torch.manual_seed(cfg.train.seed)
-    start = init_student_from_teacher(teacher.state_dict(), num_classes=len(split.train_classes),
+    start = init_student_from_teacher(teacher, num_classes=len(split.train_classes),
                                       token_num=cfg.model.token_num, pos_resample=cfg.model.pos_resample).to(device).eval()
     tvt = load_encoder(tvt_ckpt, return_idx=cfg.eval.return_idx, device=device)
     idx = cfg.eval.return_idx

@@ -26,7 +26,7 @@ from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split, outliers_for
 from tvt.data.transforms import dino_multicrop_transform, eval_transform
 from tvt.engine import checkpoint as ckpt
-from tvt.engine.common import JsonlLogger, Throughput, cancel_last_layer, clip_per_parameter, param_groups, set_lr_wd
+from tvt.engine.common import JsonlLogger, Throughput, seed_everything, cancel_last_layer, clip_per_parameter, param_groups, set_lr_wd
 from tvt.engine.distributed import all_reduce_mean, barrier, setup
 from tvt.engine.schedules import cosine_scheduler, teacher_temp_schedule
 from tvt.errors import ConfigError
@@ -104,7 +104,7 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
     """Run stage A; returns the path of the selected checkpoint (best on hold-out, or last)."""
     sc = cfg.sketch
     info = setup(device)
-    torch.manual_seed(sc.seed)
+    seed_everything(sc.seed)
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     train_classes, held = (split_holdout(split.train_classes, sc.holdout_fraction, sc.seed)
                            if sc.selection == "holdout" else (list(split.train_classes), []))
@@ -126,6 +126,7 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
     _set_drop_path(student.backbone, sc.drop_path_rate)
     _unfreeze_g(student.head, sc.norm_last_layer)
     teacher.eval().requires_grad_(False)
+    student.train()
     model = nn.parallel.DistributedDataParallel(student) if info.world_size > 1 else student
     optimizer = torch.optim.AdamW(param_groups(student, None))  # fresh optimizer [Q36]
     out_dim = student.head.last_layer.weight_v.shape[0]

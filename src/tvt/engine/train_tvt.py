@@ -28,7 +28,7 @@ from tvt.data.layout import Split, load_split, outliers_for
 from tvt.data.paired import PairedLoader, substep_plan
 from tvt.data.transforms import tvt_train_transform
 from tvt.engine import checkpoint as ckpt
-from tvt.engine.common import (JsonlLogger, Throughput, autocast, cancel_last_layer, clip_per_parameter,
+from tvt.engine.common import (JsonlLogger, seed_everything, Throughput, autocast, cancel_last_layer, clip_per_parameter,
                                make_scaler, param_groups, resolve_precision, set_lr_wd)
 from tvt.engine.distributed import DistInfo, all_reduce_mean, barrier, setup
 from tvt.engine.schedules import align_uniform_schedule, cosine_scheduler, teacher_temp_schedule
@@ -110,7 +110,7 @@ def build_run(cfg: Config, device: str = "auto") -> Run:
     """Load data, teachers and the student; build optimizer, losses and schedules."""
     _check_teacher_paths(cfg)
     info = setup(device)
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     t = cfg.train
     if t.accum_steps % t.skt_factor:
         raise ConfigError(f"train.accum_steps ({t.accum_steps}) must be a multiple of train.skt_factor ({t.skt_factor})")
@@ -120,7 +120,7 @@ def build_run(cfg: Config, device: str = "auto") -> Run:
                           seed=t.seed, rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
     teacher_img = load_teacher(t.image_teacher).to(info.device).eval().requires_grad_(False)
     teacher_skt = load_teacher(t.sketch_teacher).to(info.device).eval().requires_grad_(False)
-    student = init_student_from_teacher(teacher_img.state_dict(), num_classes=len(split.train_classes),
+    student = init_student_from_teacher(teacher_img, num_classes=len(split.train_classes),
                                         token_num=cfg.model.token_num, pos_resample=cfg.model.pos_resample)
     student = student.to(info.device)
     student.train(not t.disable_dropout)  # [Q19]: README runs keep the student in eval mode

@@ -37,7 +37,7 @@ import torch
 from tvt.errors import DataError
 
 _INT64_MAX = torch.iinfo(torch.int64).max
-_CHUNK_ELEMENTS = 1 << 23  # score elements per chunk (~0.3 GB of working memory)
+_CHUNK_ELEMENTS = 1 << 24  # score elements per chunk (~0.5 GB of working memory)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def retrieval_metrics(
     ``scores="cosine"``: features (numpy or torch) are L2-normalised and compared by dot product
     in float32. ``scores="hamming"``: ``q`` and ``g`` are binary codes [N, bits] (bool or 0/1),
     ranked by ascending Hamming distance. Ties go to the lower gallery index [Q33]. ``chunk``
-    bounds the queries scored at once (default: ~8M scores per chunk; the memory stays bounded at
+    bounds the queries scored at once (default: ~16M scores per chunk; the memory stays bounded at
     any size). ``exclude_self`` (intra-modal retrieval without the query itself; the official
     code keeps it [Q32]) requires ``q`` and ``g`` to be the same set in the same order: query i
     is gallery item i and is left out of its own ranking (N_g and N_rel shrink by one).

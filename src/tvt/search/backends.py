@@ -137,13 +137,14 @@ class FaissBackend(SearchBackend):
 
 
 def ivf_nlist(n: int) -> int:
-    """Number of IVF lists for ``n`` vectors: about 4 sqrt(n), a power of two, in [1, 65536].
+    """Number of IVF lists for ``n`` vectors: about 2 sqrt(n), a power of two, in [1, 65536].
 
-    FAISS needs at least ~39 training points per list to train k-means well, hence the cap n/39.
+    k-means wants at least ~39 training points per list, hence the cap n/39. 2 sqrt(n) keeps the
+    build within a minute or two at 1M vectors on 2 cores.
     """
     if n < 2:
         return 1
-    target = min(4.0 * math.sqrt(n), n / 39.0)
+    target = min(2.0 * math.sqrt(n), n / 39.0)
     return int(max(1, min(65536, 2 ** round(math.log2(max(target, 1.0))))))
 
 
@@ -164,7 +165,9 @@ def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0) -> FaissBac
         nlist = ivf_nlist(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        train = emb if n <= 256 * nlist else emb[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        # 64 points per list train the centroids well; more only slows the build
+        sample = 64 * nlist
+        train = emb if n <= sample else emb[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
         index.train(train)
         index.nprobe = min(nlist, 16)
         params = {"nlist": nlist, "nprobe": index.nprobe}
