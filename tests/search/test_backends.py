@@ -66,10 +66,11 @@ def test_recall_and_nlist_by_hand():
     assert recall_at_k(approx, exact, 1) == pytest.approx(0.5)  # 4 vs 1 miss, 5 vs 5 hit
     assert ivf_nlist(1) == 1 and ivf_nlist(10_000) == 256  # 2 sqrt(n) = 200 -> nearest power of two
     assert ivf_nlist(1_000_000) == 2048  # 2 sqrt(n) = 2000
-    assert ivf_nlist(1_000) == 16  # 2 sqrt(n) = 63, capped by n / 39 = 25.6
+    assert ivf_nlist(1_000) == 16  # 2 sqrt(n) = 63 -> 64, halved below n / 39 = 25.6
+    assert ivf_nlist(50) == 1
     assert choose_backend(AUTO_APPROX_MIN - 1, True) == "exact"
     assert choose_backend(10 * AUTO_APPROX_MIN, False) == "exact"
-    assert choose_backend(AUTO_APPROX_MIN, True) != "exact"
+    assert choose_backend(AUTO_APPROX_MIN, True) == "faiss-ivf"
 
 
 def test_faiss_flat_agrees_with_exact():

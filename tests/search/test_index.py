@@ -63,7 +63,8 @@ def test_incremental_update(photo_dir, tmp_path, encoder, helpers):
     after = PhotoIndex.load(out)
     assert "a/1.png" not in after.paths and {"new/x.png", "y.png"} <= set(after.paths)
     for rel in ("a/0.png", "9.jpg"):
-        np.testing.assert_array_equal(after.embeddings[after.paths.index(rel)], before.embeddings[before.paths.index(rel)])
+        np.testing.assert_array_equal(after.embeddings[after.paths.index(rel)],
+                                      before.embeddings[before.paths.index(rel)])
     np.testing.assert_allclose(after.embeddings[after.paths.index("b/c/5.png")], _reference_embedding(changed, encoder),
                                atol=1e-5)
     enc3 = helpers.Encoder()
@@ -157,3 +158,25 @@ def test_index_with_real_photos_dataloader_workers_equal(photo_dir, tmp_path, en
     _build(photo_dir, tmp_path / "b", encoder, helpers, batch_size=12)
     np.testing.assert_allclose(PhotoIndex.load(tmp_path / "a").embeddings, PhotoIndex.load(tmp_path / "b").embeddings,
                                atol=1e-5)
+
+
+def test_partial_shards_of_another_model_are_discarded(photo_dir, tmp_path, encoder, helpers):
+    out = tmp_path / "idx"
+    with pytest.raises(KeyboardInterrupt):
+        update_index(photo_dir, out, helpers.Encoder(interrupt_at=2), helpers.identity(encoder, sha="1" * 64),
+                     batch_size=4, flush_every=1, progress=False)
+    assert len(list((out / "partial").glob("shard-*.npz"))) == 1
+    enc = helpers.Encoder(seed=5)  # another model: its embeddings differ from the shard's
+    report = _build(photo_dir, out, enc, helpers)
+    assert report.resumed == 0 and enc.seen == 12
+    ref = helpers.Encoder(seed=5)
+    _build(photo_dir, tmp_path / "clean", ref, helpers)
+    np.testing.assert_allclose(PhotoIndex.load(out).embeddings, PhotoIndex.load(tmp_path / "clean").embeddings,
+                               atol=1e-6)
+
+
+def test_index_folder_placement(photo_dir, tmp_path, encoder, helpers):
+    with pytest.raises(InputError, match="photo folder itself"):
+        _build(photo_dir, photo_dir, encoder, helpers)
+    report = _build(photo_dir, tmp_path, encoder, helpers)  # the index folder contains the photos
+    assert report.total == 12

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
         from tvt.serve.app import create_app
     except ImportError as exc:
-        raise InputError(f"`tvt serve` needs the serve extra ({exc.name} is missing): pip install 'tvt[serve]'") from exc
+        raise InputError(f"`tvt serve` needs the serve extra ({exc.name} is missing): "
+                         "pip install 'tvt[serve]'") from exc
     from tvt.commands.index import resolve_device
     from tvt.search.retriever import Retriever
 

@@ -343,7 +343,7 @@ def retrieval_metrics(
                 per_query[name][qidx] = vals
             bar.update(qidx.numel())
     if no_relevant:
-        warnings.warn(f"{no_relevant} queries have no relevant gallery item; they count as AP = P = 0", stacklevel=2)
+        warnings.warn(f"{no_relevant} queries have no relevant gallery item; they count as AP = P = 0", RuntimeWarning, stacklevel=2)
     out: dict[str, Any] = {name: float(per_query[name].mean()) for name in names}
     out.update(n_queries=n_q, n_gallery=n_g)
     if return_per_query:

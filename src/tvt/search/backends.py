@@ -142,10 +142,12 @@ def ivf_nlist(n: int) -> int:
     k-means wants at least ~39 training points per list, hence the cap n/39. 2 sqrt(n) keeps the
     build within a minute or two at 1M vectors on 2 cores.
     """
-    if n < 2:
+    if n < 78:
         return 1
-    target = min(2.0 * math.sqrt(n), n / 39.0)
-    return int(max(1, min(65536, 2 ** round(math.log2(max(target, 1.0))))))
+    nlist = min(65536, 2 ** round(math.log2(2.0 * math.sqrt(n))))
+    while nlist > n / 39.0:
+        nlist //= 2
+    return int(nlist)
 
 
 def hnsw_m(n: int) -> int:
@@ -233,13 +235,11 @@ def calibrate(
 
 
 def choose_backend(n: int, have_faiss: bool | None = None) -> str:
-    """The backend ``auto`` resolves to for ``n`` vectors."""
+    """The backend ``auto`` resolves to for ``n`` vectors: exact below :data:`AUTO_APPROX_MIN`
+    (or without FAISS), else IVF. HNSW answers faster at equal recall but takes minutes per 100k
+    vectors to build on 2 cores (see benchmarks/search.py), so it is only used when asked for."""
     have_faiss = faiss_available() if have_faiss is None else have_faiss
-    if n < AUTO_APPROX_MIN or not have_faiss:
-        return "exact"
-    # HNSW answers faster at equal recall but its build cost grows quickly; IVF builds in minutes
-    # even for millions of vectors on a laptop.
-    return "faiss-hnsw" if n < 1_000_000 else "faiss-ivf"
+    return "exact" if n < AUTO_APPROX_MIN or not have_faiss else "faiss-ivf"
 
 
 def make_backend(

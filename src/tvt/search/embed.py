@@ -1,7 +1,13 @@
-"""Images -> L2-normalised float32 embeddings, in batches, skipping unreadable files."""
+"""Images -> L2-normalised float32 embeddings, in batches, skipping unreadable files.
+
+Progress of an index update is kept in ``INDEX_DIR/partial/shard-NNNNNN.npz`` files (one per
+flush, written atomically) so that an interrupted update resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from tvt.errors import DataError
+from tvt.search.index import PARTIAL_DIR, ModelIdentity, write_atomic, write_json
 
 Encoder = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -49,7 +56,8 @@ class _Files(Dataset):
             return None, i, f"{type(exc).__name__}: {exc}"
 
 
-def _collate(batch: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+def _collate(batch: list[tuple[torch.Tensor | None, int, str]],
+             ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
     good = [(x, i) for x, i, _ in batch if x is not None]
     bad = [(i, reason) for x, i, reason in batch if x is None]
     x = torch.stack([g[0] for g in good]) if good else None
@@ -104,3 +112,75 @@ def embed_files(
     if writer is not None:
         writer.flush()
     return results
+
+
+def _partial_meta(model: ModelIdentity, photo_root: Path) -> dict[str, Any]:
+    return {"model": list(model.key()), "photo_root": str(photo_root)}
+
+
+def load_partial(index_dir: Path, model: ModelIdentity, photo_root: Path,
+                 ) -> tuple[dict[str, tuple[int, int, np.ndarray]], list[tuple[str, str, int, int]]]:
+    """Rows and skips saved by an interrupted update of the same model and root (else nothing)."""
+    pdir = index_dir / PARTIAL_DIR
+    try:
+        same = json.loads((pdir / "meta.json").read_text()) == _partial_meta(model, photo_root)
+    except (OSError, ValueError):
+        same = False
+    rows: dict[str, tuple[int, int, np.ndarray]] = {}
+    skips: list[tuple[str, str, int, int]] = []
+    if not same:
+        return rows, skips
+    for shard in sorted(pdir.glob("shard-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                for p, s, m, e in zip(z["paths"].tolist(), z["size"].tolist(), z["mtime_ns"].tolist(), z["emb"]):
+                    rows[p] = (int(s), int(m), e)
+                skips += list(zip(z["skip_paths"].tolist(), z["skip_reasons"].tolist(),
+                                  z["skip_size"].tolist(), z["skip_mtime_ns"].tolist()))
+        except (OSError, ValueError, KeyError):
+            continue  # a shard cut short by a crash: its photos are simply embedded again
+    return rows, skips
+
+
+class ShardWriter:
+    """Appends finished batches to ``partial/shard-NNNNNN.npz`` files (atomic, one per flush)."""
+
+    def __init__(self, index_dir: Path, model: ModelIdentity, photo_root: Path, fresh: bool) -> None:
+        self.dir = index_dir / PARTIAL_DIR
+        meta = _partial_meta(model, photo_root)
+        try:
+            same = json.loads((self.dir / "meta.json").read_text()) == meta
+        except (OSError, ValueError):
+            same = False
+        if (fresh or not same) and self.dir.exists():
+            shutil.rmtree(self.dir)  # shards of another model or folder must never be mixed in
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.dir / "meta.json", meta)
+        self.next = 1 + max((int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")), default=-1)
+        self.rows: list[tuple[str, int, int, np.ndarray]] = []
+        self.skips: list[tuple[str, str, int, int]] = []
+
+    def add(self, rel: str, stat: tuple[int, int], emb: np.ndarray | None, reason: str = "") -> None:
+        if emb is None:
+            self.skips.append((rel, reason, stat[0], stat[1]))
+        else:
+            self.rows.append((rel, stat[0], stat[1], emb))
+
+    def flush(self) -> None:
+        if not self.rows and not self.skips:
+            return
+        r, s = self.rows, self.skips
+        arrays = {
+            "paths": np.array([x[0] for x in r], dtype=str), "size": np.array([x[1] for x in r], np.int64),
+            "mtime_ns": np.array([x[2] for x in r], np.int64),
+            "emb": np.stack([x[3] for x in r]).astype(np.float32) if r else np.zeros((0, 0), np.float32),
+            "skip_paths": np.array([x[0] for x in s], dtype=str),
+            "skip_reasons": np.array([x[1] for x in s], dtype=str),
+            "skip_size": np.array([x[2] for x in s], np.int64), "skip_mtime_ns": np.array([x[3] for x in s], np.int64),
+        }
+        write_atomic(self.dir / f"shard-{self.next:06d}.npz", lambda fh: np.savez(fh, **arrays))
+        self.next += 1
+        self.rows, self.skips = [], []
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

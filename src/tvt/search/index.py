@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -93,17 +92,17 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True) 
         raise
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, lambda fh: json.dump(obj, fh, indent=1), binary=False)
 
 
 def is_inside(path: str | Path, root: str | Path) -> bool:
     """True when ``path`` resolves (symlinks followed) to ``root`` or below it."""
-    real, top = os.path.realpath(path), os.path.realpath(root)
-    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+    return _under(os.path.realpath(path), os.path.realpath(root))
 
 
-def scan_photos(photo_root: str | Path, exclude: Iterable[str | Path] = ()) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
+def scan_photos(photo_root: str | Path,
+                exclude: Iterable[str | Path] = ()) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
     """Image files under ``photo_root`` -> ({relpath: (size, mtime_ns)}, [(relpath, reason)]).
 
     The walk is :func:`tvt.data.layout.list_images` (recursive, follows symlinks, common image
@@ -113,14 +112,20 @@ def scan_photos(photo_root: str | Path, exclude: Iterable[str | Path] = ()) -> t
     from tvt.data.layout import list_images
 
     root = Path(photo_root)
+    top = os.path.realpath(root)
     excluded = [os.path.realpath(e) for e in exclude]
+    dir_real: dict[str, str] = {}  # realpath per directory: one lookup per folder, not per file
     files: dict[str, tuple[int, int]] = {}
     skipped: list[tuple[str, str]] = []
     for p in list_images(root):
         rel = p.relative_to(root).as_posix()
-        if any(is_inside(p, e) for e in excluded):
+        parent = str(p.parent)
+        if parent not in dir_real:
+            dir_real[parent] = os.path.realpath(parent)
+        real = os.path.realpath(p) if p.is_symlink() else os.path.join(dir_real[parent], p.name)
+        if any(_under(real, e) for e in excluded):
             continue
-        if not is_inside(p, root):
+        if not _under(real, top):
             skipped.append((rel, "symlink to a file outside the photo root"))
             continue
         try:
@@ -130,6 +135,10 @@ def scan_photos(photo_root: str | Path, exclude: Iterable[str | Path] = ()) -> t
             continue
         files[rel] = (int(st.st_size), int(st.st_mtime_ns))
     return files, skipped
+
+
+def _under(real: str, top: str) -> bool:
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 @dataclass
@@ -221,76 +230,8 @@ def write_index(index_dir: Path, photo_root: Path, model: ModelIdentity, rows: d
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
         **extra,
     }
-    _write_json(index_dir / INDEX_FILE, meta)
+    write_json(index_dir / INDEX_FILE, meta)
     return meta
-
-
-# ----------------------------------------------------------------------------- partial shards
-
-
-def _partial_meta(model: ModelIdentity, photo_root: Path) -> dict[str, Any]:
-    return {"model": list(model.key()), "photo_root": str(photo_root)}
-
-
-def load_partial(index_dir: Path, model: ModelIdentity, photo_root: Path) -> tuple[dict[str, tuple[int, int, np.ndarray]], list[tuple[str, str, int, int]]]:
-    """Rows and skips saved by an interrupted update of the same model and root (else nothing)."""
-    pdir = index_dir / PARTIAL_DIR
-    try:
-        same = json.loads((pdir / "meta.json").read_text()) == _partial_meta(model, photo_root)
-    except (OSError, ValueError):
-        same = False
-    rows: dict[str, tuple[int, int, np.ndarray]] = {}
-    skips: list[tuple[str, str, int, int]] = []
-    if not same:
-        return rows, skips
-    for shard in sorted(pdir.glob("shard-*.npz")):
-        try:
-            with np.load(shard, allow_pickle=False) as z:
-                for p, s, m, e in zip(z["paths"].tolist(), z["size"].tolist(), z["mtime_ns"].tolist(), z["emb"]):
-                    rows[p] = (int(s), int(m), e)
-                skips += list(zip(z["skip_paths"].tolist(), z["skip_reasons"].tolist(),
-                                  z["skip_size"].tolist(), z["skip_mtime_ns"].tolist()))
-        except (OSError, ValueError, KeyError):
-            continue  # a shard cut short by a crash: its photos are simply embedded again
-    return rows, skips
-
-
-class ShardWriter:
-    """Appends finished batches to ``partial/shard-NNNNNN.npz`` files (atomic, one per flush)."""
-
-    def __init__(self, index_dir: Path, model: ModelIdentity, photo_root: Path, fresh: bool) -> None:
-        self.dir = index_dir / PARTIAL_DIR
-        if fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.dir / "meta.json", _partial_meta(model, photo_root))
-        self.next = 1 + max((int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")), default=-1)
-        self.rows: list[tuple[str, int, int, np.ndarray]] = []
-        self.skips: list[tuple[str, str, int, int]] = []
-
-    def add(self, rel: str, stat: tuple[int, int], emb: np.ndarray | None, reason: str = "") -> None:
-        if emb is None:
-            self.skips.append((rel, reason, stat[0], stat[1]))
-        else:
-            self.rows.append((rel, stat[0], stat[1], emb))
-
-    def flush(self) -> None:
-        if not self.rows and not self.skips:
-            return
-        r, s = self.rows, self.skips
-        arrays = {
-            "paths": np.array([x[0] for x in r], dtype=str), "size": np.array([x[1] for x in r], np.int64),
-            "mtime_ns": np.array([x[2] for x in r], np.int64),
-            "emb": np.stack([x[3] for x in r]).astype(np.float32) if r else np.zeros((0, 0), np.float32),
-            "skip_paths": np.array([x[0] for x in s], dtype=str), "skip_reasons": np.array([x[1] for x in s], dtype=str),
-            "skip_size": np.array([x[2] for x in s], np.int64), "skip_mtime_ns": np.array([x[3] for x in s], np.int64),
-        }
-        write_atomic(self.dir / f"shard-{self.next:06d}.npz", lambda fh: np.savez(fh, **arrays))
-        self.next += 1
-        self.rows, self.skips = [], []
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def log(msg: str) -> None:
@@ -362,23 +303,21 @@ def update_index(
     embedded; finished batches go to ``partial/`` every ``flush_every`` photos (and on Ctrl-C),
     so an interrupted run continues where it stopped. Unreadable files are skipped and listed.
     """
-    from tvt.search.embed import embed_files
+    from tvt.search.embed import ShardWriter, embed_files, load_partial
 
     root = Path(photo_root).expanduser().absolute()
     if not root.is_dir():
         raise InputError(f"photo folder {root} does not exist or is not a folder")
     out = Path(index_dir).expanduser().absolute()
+    if os.path.realpath(out) == os.path.realpath(root):
+        raise InputError(f"--out {out} is the photo folder itself; give the index its own folder")
     out.mkdir(parents=True, exist_ok=True)
     old = _previous(out, model, root, rebuild)
-    files, skipped = scan_photos(root, exclude=[out])
+    # an index kept inside the photo folder must not index itself
+    files, skipped = scan_photos(root, exclude=[out] if is_inside(out, root) else [])
     report = IndexReport(out, skipped=list(skipped))
-    rows: dict[str, tuple[int, int, np.ndarray]] = {}
+    rows, unchanged = _unchanged_rows(old, files)
     old_paths = set(old.paths) if old is not None else set()
-    if old is not None:
-        for i, rel in enumerate(old.paths):
-            if files.get(rel) == (int(old.sizes[i]), int(old.mtimes[i])):
-                rows[rel] = (*files[rel], old.embeddings[i])
-    unchanged = set(rows)
     part_rows, part_skips = ({}, []) if rebuild else load_partial(out, model, root)
     for rel, (s, m, e) in part_rows.items():
         if rel not in rows and files.get(rel) == (s, m):
@@ -405,6 +344,17 @@ def update_index(
                 {"preprocess": _preprocess_meta(model), "last_update": last, **(extra_meta or {})})
     writer.remove()
     return report
+
+
+def _unchanged_rows(old: PhotoIndex | None, files: dict[str, tuple[int, int]],
+                    ) -> tuple[dict[str, tuple[int, int, np.ndarray]], set[str]]:
+    """Rows of ``old`` whose file still has the same (size, mtime_ns), and their paths."""
+    rows: dict[str, tuple[int, int, np.ndarray]] = {}
+    if old is not None:
+        for i, rel in enumerate(old.paths):
+            if files.get(rel) == (int(old.sizes[i]), int(old.mtimes[i])):
+                rows[rel] = (*files[rel], old.embeddings[i])
+    return rows, set(rows)
 
 
 def _default_transform(model: ModelIdentity) -> Callable[[Any], Any]:

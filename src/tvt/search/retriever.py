@@ -64,7 +64,8 @@ def render_drawing(drawing: Sequence, size: int = 256, line_width: float = 4, pa
     return render_strokes(strokes, size=size, line_width=line_width, padding=padding)
 
 
-def load_query_image(query: Query, *, drawing_index: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_query_image(query: Query, *, drawing_index: int = 0,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Any supported query -> RGB PIL image on a white background."""
     from tvt.data.folder import load_rgb, to_rgb
 
@@ -83,7 +84,8 @@ def load_query_image(query: Query, *, drawing_index: int = 0, max_pixels: int | 
 
             drawings = load_stroke_file(path)
             if not 0 <= drawing_index < len(drawings):
-                raise InputError(f"stroke file {path} holds {len(drawings)} drawings; --drawing {drawing_index} is out of range")
+                raise InputError(f"stroke file {path} holds {len(drawings)} drawings; "
+                                 f"--drawing {drawing_index} is out of range")
             return render_drawing(drawings[drawing_index])
         return load_rgb(path, "white", max_pixels=max_pixels)
     if isinstance(query, (list, tuple)):
@@ -114,12 +116,14 @@ class Retriever:
     """Search an index with sketches. Thread-safe: queries are embedded one batch at a time."""
 
     def __init__(self, index: PhotoIndex, encoder: Callable[[torch.Tensor, str], torch.Tensor],
-                 backend: SearchBackend | None = None, transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+                 backend: SearchBackend | None = None,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
         from tvt.data.transforms import eval_transform
 
         dim = getattr(encoder, "dim", index.model.dim)
         if dim != index.model.dim:
-            raise CheckpointError(f"the encoder gives {dim}-d features but index {index.index_dir} holds {index.model.dim}-d")
+            raise CheckpointError(f"the encoder gives {dim}-d features but index {index.index_dir} "
+                                  f"holds {index.model.dim}-d")
         self.index = index
         self.encoder = encoder
         self.backend = backend if backend is not None else make_backend("exact", index.embeddings)
@@ -201,11 +205,13 @@ def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device:
                               "or re-index with `tvt index --rebuild`")
     encoder = load_encoder(path, return_idx=index.model.return_idx, device=device)
     if encoder.img_size != index.model.img_size:
-        raise CheckpointError(f"checkpoint {path} expects {encoder.img_size}px inputs, the index {index.model.img_size}px")
+        raise CheckpointError(f"checkpoint {path} expects {encoder.img_size}px inputs, "
+                              f"the index {index.model.img_size}px")
     return encoder
 
 
-def contact_sheet(query: Image.Image, results: Sequence[SearchResult], *, thumb: int = 128, cols: int = 5) -> Image.Image:
+def contact_sheet(query: Image.Image, results: Sequence[SearchResult], *, thumb: int = 128,
+                  cols: int = 5) -> Image.Image:
     """A PNG-ready sheet: the query (left) and the results in a grid, each with rank and score."""
     rows = max(1, -(-len(results) // cols))
     cell, text_h, gap = thumb, 14, 6

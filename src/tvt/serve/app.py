@@ -47,7 +47,8 @@ IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
 
@@ -68,7 +69,8 @@ def decode_image(data: bytes, content_type: str, max_pixels: int = MAX_PIXELS) -
     except Image.DecompressionBombError as exc:
         raise HTTPException(413, f"image is far too large ({exc}); the limit is {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise HTTPException(400, f"the body is not a readable image ({type(exc).__name__}); send a PNG or JPEG") from exc
+        raise HTTPException(400, f"the body is not a readable image ({type(exc).__name__}); "
+                                 "send a PNG or JPEG") from exc
     want = IMAGE_TYPES[content_type]
     if img.format != want:
         raise HTTPException(400, f"the body is {img.format or 'unknown'} data but the content type says {content_type}")
@@ -94,7 +96,8 @@ def parse_strokes(data: bytes) -> list:
     if isinstance(obj, dict):
         obj = obj.get("strokes", obj.get("drawing"))
     if not isinstance(obj, list) or not obj:
-        raise HTTPException(400, 'stroke JSON must be {"strokes": [[[x0, x1, ...], [y0, y1, ...]], ...]} with at least one stroke')
+        raise HTTPException(400, 'stroke JSON must be {"strokes": [[[x0, x1, ...], [y0, y1, ...]], ...]} '
+                                 'with at least one stroke')
     points = sum(len(s[0]) for s in obj if isinstance(s, list) and s and isinstance(s[0], list))
     if points > MAX_POINTS:
         raise HTTPException(413, f"the drawing has {points} points; the limit is {MAX_POINTS}")
@@ -131,9 +134,11 @@ class Thumbnails:
             raise HTTPException(404, f"no photo with id {photo_id[:40]!r}: ids are integers 0..{len(self.index) - 1}")
         try:
             path = self.index.safe_path(int(photo_id))
+            key = (int(photo_id), path.stat().st_mtime_ns)
         except InputError as exc:
             raise HTTPException(404, str(exc).replace(str(self.index.photo_root), "<photo root>")) from exc
-        key = (int(photo_id), path.stat().st_mtime_ns)
+        except OSError as exc:  # removed between the check and the stat
+            raise HTTPException(404, f"photo {photo_id} can no longer be read") from exc
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -218,7 +223,8 @@ def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixe
 
     @app.get("/thumb/{photo_id}")
     def thumb(photo_id: str) -> Response:
-        return Response(thumbs.get(photo_id), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+        return Response(thumbs.get(photo_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300"})
 
     return app
 
