@@ -49,8 +49,8 @@ def _stage_a(cfg: Config, modality: str, init: str, out_dir: Path, device: str, 
     return train(c, resume=True, device=device, progress=progress)
 
 
-def _encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device) -> dict[str, tuple[Any, Any]]:
-    """name -> (encode photos, encode sketches)."""
+def _encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device) -> dict[str, tuple[Any, Any, Any]]:
+    """name -> (encode photos, encode sketches, model)."""
     from tvt.data.layout import load_split
     from tvt.models.weights import init_student_from_teacher, load_encoder, load_teacher
 
@@ -62,9 +62,9 @@ def _encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device
     tvt = load_encoder(tvt_ckpt, return_idx=cfg.eval.return_idx, device=device)
     idx = cfg.eval.return_idx
     return {
-        "tvt": (lambda x: tvt(x, "img"), lambda x: tvt(x, "skt")),
-        "start": (lambda x: start.features(x, "img", idx), lambda x: start.features(x, "skt", idx)),
-        "image_teacher": (teacher.embed, teacher.embed),
+        "tvt": (lambda x: tvt(x, "img"), lambda x: tvt(x, "skt"), tvt.model),
+        "start": (lambda x: start.features(x, "img", idx), lambda x: start.features(x, "skt", idx), start),
+        "image_teacher": (teacher.embed, teacher.embed, teacher),
     }
 
 
@@ -91,11 +91,12 @@ def run_demo(out: str | Path, *, seed: int = 0, classes: int = 30, device: str =
     split_classes = ev.eval_classes(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split), None, False)
     sets = ev.build_sets(cfg, split_classes, cfg.data.img_size)
     results: dict[str, Any] = {}
-    for name, (enc_img, enc_skt) in _encoders(cfg, image_vit, tvt_ckpt, dev).items():
-        feats = ev.extract_sets(sets, enc_img, enc_skt, batch_size=cfg.eval.batch_size, device=dev, progress=False)
+    for name, (enc_img, enc_skt, model) in _encoders(cfg, image_vit, tvt_ckpt, dev).items():
+        with torch.inference_mode():
+            feats = ev.extract_sets(sets, enc_img, enc_skt, batch_size=cfg.eval.batch_size, device=dev, progress=False)
         m = ev.score_features(feats, cfg)
+        ev.write_reports(out / "eval", name, sets, feats, m, cfg, model=model, device=dev)
         if name == "tvt":
-            ev.write_reports(out / "eval", name, sets, feats, m, cfg)
             (out / "retrievals.png").write_bytes((out / "eval" / "tvt_retrievals.png").read_bytes())
         results[name] = {k: v for k, v in ev.public_metrics(m).items()}
     minutes = (time.perf_counter() - t0) / 60

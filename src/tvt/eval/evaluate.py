@@ -98,22 +98,33 @@ def public_metrics(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_reports(out_dir: Path, name: str, sets: EvalSets, feats: dict[str, np.ndarray], m: dict[str, Any],
-                  cfg: Config) -> dict[str, Path]:
-    """results JSON, per-class CSV + bar chart, retrieval grid PNG and the feature files."""
+                  cfg: Config, model: torch.nn.Module | None = None, device: torch.device | str = "cpu") -> dict[str, Path]:
+    """Results JSON, per-class CSV + bar chart, PR curve, embedding map, retrieval grid, attention maps
+    (when ``model`` is given) and the feature files (``tvt metrics`` reads them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"{name}_results.json", "csv": out_dir / f"{name}_per_class.csv",
-             "bar": out_dir / f"{name}_per_class.png", "grid": out_dir / f"{name}_retrievals.png"}
+    paths = {k: out_dir / f"{name}_{v}" for k, v in {
+        "json": "results.json", "csv": "per_class.csv", "bar": "per_class.png", "grid": "retrievals.png",
+        "pr": "pr_curve.png", "embedding": "embedding.png"}.items()}
     report.write_results(public_metrics(m), paths["json"])
     rows = report.per_class_table(m["per_query"], feats["q_labels"], sets.classes)
     report.write_per_class_csv(rows, paths["csv"])
     report.plot_per_class_bar(rows, paths["bar"], metric="mAP@all")
-    _grid(sets, feats, paths["grid"], cfg.eval.grid_queries, cfg.eval.grid_k)
+    report.pr_curve(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"], paths["pr"], label=name)
+    report.embedding_plot({"photo": (feats["g"], feats["g_labels"]), "sketch": (feats["q"], feats["q_labels"])},
+                          sets.classes, paths["embedding"])
+    picks, order = _grid(sets, feats, paths["grid"], cfg.eval.grid_queries, cfg.eval.grid_k)
+    if model is not None and picks:
+        from tvt.eval.attention import attention_figure
+
+        paths["attention"] = out_dir / f"{name}_attention.png"
+        attention_figure(model, sets.photos.transform, sets.sketches.samples[picks[0]][0],
+                         [sets.photos.samples[j][0] for j in order[0][:5]], paths["attention"], device=device)
     np.savez(out_dir / f"{name}_queries.npz", features=feats["q"], labels=feats["q_labels"])
     np.savez(out_dir / f"{name}_gallery.npz", features=feats["g"], labels=feats["g_labels"])
     return paths
 
 
-def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int) -> None:
+def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int) -> tuple[list[int], np.ndarray]:
     """Top-k photos for one query of each of the first ``n_queries`` classes."""
     q = feats["q"] / np.maximum(np.linalg.norm(feats["q"], axis=1, keepdims=True), 1e-12)
     g = feats["g"] / np.maximum(np.linalg.norm(feats["g"], axis=1, keepdims=True), 1e-12)
@@ -128,6 +139,7 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
     ranked = [[sets.photos.samples[j][0] for j in row] for row in order]
     correct = gl[order] == ql[picks][:, None]
     report.retrieval_grid(query_paths, ranked, correct, path, k=k)
+    return picks, order
 
 
 def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progress: bool = True,
@@ -147,7 +159,7 @@ def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progr
                          device=dev, num_workers=cfg.data.num_workers, progress=progress)
     m = score_features(feats, cfg)
     out_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(checkpoint).parent / "eval"
-    paths = write_reports(out_dir, name, sets, feats, m, cfg)
+    paths = write_reports(out_dir, name, sets, feats, m, cfg, model=enc.model, device=dev)
     result = public_metrics(m)
     result["files"] = {k: str(v) for k, v in paths.items()}
     return result
