@@ -24,7 +24,7 @@ from tvt.data.layout import Split, load_split, outliers_for
 from tvt.data.transforms import eval_transform
 from tvt.errors import DataError
 from tvt.eval import report
-from tvt.eval.extract import extract_features
+from tvt.eval.extract import extract_features, file_identity, fingerprint
 from tvt.eval.metrics import retrieval_metrics
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
@@ -65,14 +65,25 @@ def build_sets(cfg: Config, classes: list[str], img_size: int) -> EvalSets:
 
 
 def extract_sets(sets: EvalSets, encode_img: Encode, encode_skt: Encode, *, batch_size: int, device: torch.device,
-                 num_workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
-    """Raw features and labels of both modalities."""
+                 num_workers: int = 0, progress: bool = True, cache_dir: Path | None = None,
+                 model_key: tuple = ()) -> dict[str, np.ndarray]:
+    """Raw features and labels of both modalities; resumable when ``cache_dir`` is given.
+
+    ``model_key`` identifies the model and feature choice; the cache is reused only when it and the
+    image list are unchanged.
+    """
+    def cached(name: str, ds: ClassFolder) -> dict:
+        if cache_dir is None:
+            return {}
+        return {"cache": cache_dir / f"{name}.npy",
+                "key": fingerprint(name, *model_key, files=[p for p, _ in ds.samples])}
+
     return {
         "q": extract_features(encode_skt, sets.sketches, batch_size=batch_size, device=device, num_workers=num_workers,
-                              desc="sketch features", progress=progress),
+                              desc="sketch features", progress=progress, **cached("sketch", sets.sketches)),
         "q_labels": np.asarray(sets.sketches.targets, dtype=np.int64),
         "g": extract_features(encode_img, sets.photos, batch_size=batch_size, device=device, num_workers=num_workers,
-                              desc="photo features", progress=progress),
+                              desc="photo features", progress=progress, **cached("photo", sets.photos)),
         "g_labels": np.asarray(sets.photos.targets, dtype=np.int64),
     }
 
@@ -155,10 +166,11 @@ def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progr
     del state
     enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)
     sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size)
-    feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
-                         device=dev, num_workers=cfg.data.num_workers, progress=progress)
-    m = score_features(feats, cfg)
     out_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(checkpoint).parent / "eval"
+    feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
+                         device=dev, num_workers=cfg.data.num_workers, progress=progress, cache_dir=out_dir / "features",
+                         model_key=(file_identity(checkpoint), cfg.eval.return_idx, cfg.data.img_size))
+    m = score_features(feats, cfg)
     paths = write_reports(out_dir, name, sets, feats, m, cfg, model=enc.model, device=dev)
     result = public_metrics(m)
     result["files"] = {k: str(v) for k, v in paths.items()}
