@@ -1,0 +1,75 @@
+"""Images/s of feature extraction (the fusion feature, return_idx 0): reference vs tvt's path.
+
+Reference: fp32, explicit softmax(QK^T)V attention, torch.no_grad (as the authors' eval code).
+tvt: fused attention (SDPA), torch.inference_mode, bf16 autocast on GPU. Features of both paths
+are compared (max abs difference of the L2-normalised features).
+
+    python benchmarks/extract.py                  # tiny model on CPU
+    python benchmarks/extract.py --size vit_s8    # ViT-S/8 at 224 (use a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _models import build, set_reference_attention
+
+
+def extract(student, x: torch.Tensor, batch: int, fast: bool, device) -> torch.Tensor:
+    ctx = torch.inference_mode() if fast else torch.no_grad()
+    ac = torch.autocast(device.type, dtype=torch.bfloat16) if (fast and device.type == "cuda") else contextlib.nullcontext()
+    outs = []
+    with ctx, ac:
+        for i in range(0, len(x), batch):
+            outs.append(student.features(x[i:i + batch], "skt", 0).float())
+    return F.normalize(torch.cat(outs), dim=1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "vit_s8"], default="tiny")
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    _, _, student, img, _ = build(args.size, device)
+    student.eval()
+    x = torch.randn(args.images, 3, img, img).to(device)
+    results = {}
+    for mode in ("reference", "fast"):
+        set_reference_attention(student, reference=(mode == "reference"))
+        feats = extract(student, x[: args.batch], args.batch, mode == "fast", device)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            feats = extract(student, x, args.batch, mode == "fast", device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        results[mode] = (args.images / statistics.median(times), feats)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    diff = (results["fast"][1] - results["reference"][1]).abs().max().item()
+    print(f"feature extraction, model {args.size}, {args.images} images, batch {args.batch}, device: {name}, "
+          f"torch {torch.__version__}")
+    print(f"| path | images/s (median of {args.repeats}) |")
+    print("|---|---|")
+    print(f"| reference (fp32, explicit attention, no_grad) | {results['reference'][0]:.1f} |")
+    print(f"| tvt (SDPA, inference_mode{', bf16' if device.type == 'cuda' else ''}) | {results['fast'][0]:.1f} |")
+    print(f"speed-up {results['fast'][0] / results['reference'][0]:.2f}x; max |feature difference| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
