@@ -95,8 +95,32 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.sweep and name in ("faiss-ivf", "faiss-hnsw"):
+            rows += sweep(backend, test_q, truth, args)
+            backend.set_param(row["params"].get("nprobe", row["params"].get("efSearch")))
         if backend is not exact:
             del backend
+    return rows
+
+
+def sweep(backend, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """Recall and latency of an approximate index at each search-time setting (the trade-off curve)."""
+    from tvt.search.backends import recall_at_k
+
+    knob = "nprobe" if backend.name == "faiss-ivf" else "efSearch"
+    top = backend.params["nlist"] if knob == "nprobe" else 2048
+    grid = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+    values = [v for v in grid if v <= top and (knob == "nprobe" or v >= args.k)]
+    rows = []
+    for v in values:
+        backend.set_param(v)
+        _, ids = backend.search(queries, args.k)
+        row = {"n": backend.size, "backend": backend.name + " (sweep)", "build_s": "",
+               "params": {knob: v}, "recall": round(recall_at_k(ids, truth, args.k), 4),
+               "ms_single": round(time_single(backend, queries, args.k, 2.0), 2),
+               "ms_batch": round(time_batch(backend, queries, args.k), 2)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
@@ -122,6 +146,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this size (slow build)")
     p.add_argument("--budget", type=float, default=10.0, help="seconds for the one-query timing per backend")
+    p.add_argument("--sweep", action="store_true", help="also print recall/latency at every nprobe / efSearch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()

@@ -100,6 +100,8 @@ def test_approximate_backends_reach_target_recall(name, tmp_path):
     cached = make_backend(name, db, cache_dir=tmp_path, cache_key="abc")  # loaded, not rebuilt
     assert cached.params == backend.params
     np.testing.assert_array_equal(cached.search(q, 20)[1], ids)
+    make_backend(name, db[:2000], k_calibrate=20, cache_dir=tmp_path, cache_key="def")  # the index changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}-def.faiss", f"{name}-def.json"]
 
 
 def test_calibrate_picks_smallest_sufficient_nprobe():

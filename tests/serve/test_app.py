@@ -151,7 +151,7 @@ def test_too_many_points(retriever):
 
 @pytest.mark.parametrize("url", [
     "/thumb/../../etc/passwd", "/thumb/..%2F..%2Fetc%2Fpasswd", "/thumb/%2Fetc%2Fpasswd", "/thumb/-1",
-    "/thumb/24", "/thumb/99999999999999999999", "/thumb/1e3", "/thumb/0x1", "/thumb/%00",
+    "/thumb/24", "/thumb/99999999999999999999", "/thumb/1e3", "/thumb/0x1", "/thumb/%00", "/thumb/%D9%A3",
     "/static/../app.py", "/static/..%2F__init__.py", "/static/index.html/../../app.py", "/static/%2Fetc%2Fpasswd",
 ])
 def test_path_traversal_refused(client, url):

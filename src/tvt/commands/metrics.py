@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("queries", type=Path, help="query .npz with 'features' [N, D] and integer 'labels' [N]")
     parser.add_argument("gallery", type=Path, help="gallery .npz with 'features' [M, D] and integer 'labels' [M]")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the metrics as JSON")
-    parser.add_argument("--map-k", type=int, nargs="+", default=[200], metavar="K", help="mAP@K cut-offs (default: 200)")
+    parser.add_argument(
+        "--map-k", type=int, nargs="+", default=[200], metavar="K", help="mAP@K cut-offs (default: 200)"
+    )
     parser.add_argument(
         "--prec-k", type=int, nargs="+", default=[100, 200], metavar="K", help="P@K cut-offs (default: 100 200)"
     )

@@ -7,8 +7,8 @@
   ``nprobe`` is calibrated so that the measured recall@k reaches a target.
 * ``faiss-hnsw``: FAISS ``IndexHNSWFlat`` (approximate). ``efSearch`` is calibrated the same way.
 
-``auto`` picks exact search for small collections (or when FAISS is missing) and an approximate
-index above :data:`AUTO_APPROX_MIN` vectors. Every backend returns ``(scores, ids)`` arrays of
+``auto`` picks exact search below :data:`AUTO_APPROX_MIN` vectors (or when FAISS is missing) and
+IVF above. Approximate indexes are cached in ``INDEX_DIR/cache`` with their calibration. Every backend returns ``(scores, ids)`` arrays of
 shape [Q, k], best first; ids index rows of the embedding matrix.
 """
 
@@ -307,6 +307,10 @@ def _load_cached(name: str, cache_dir: str | Path | None, key: str, dim: int) ->
 
 
 def _save_cached(backend: SearchBackend, cache_dir: str | Path | None, key: str) -> None:
+    """Store an approximate index for the next start; older caches of the same kind are removed.
+
+    A cache that cannot be written (read-only index folder) only costs a rebuild next time.
+    """
     if cache_dir is None or not isinstance(backend, FaissBackend) or backend.name == "faiss-flat":
         return
     import json
@@ -314,10 +318,16 @@ def _save_cached(backend: SearchBackend, cache_dir: str | Path | None, key: str)
 
     faiss = _import_faiss()
     path = _cache_path(backend.name, cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(backend.index, str(tmp))
-    os.replace(tmp, path)
-    tmp_meta = path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(backend.params))
-    os.replace(tmp_meta, path.with_suffix(".json"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f"{backend.name}-*"):
+            if old.stem != path.stem:
+                old.unlink(missing_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(backend.index, str(tmp))
+        os.replace(tmp, path)
+        tmp_meta = path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(backend.params))
+        os.replace(tmp_meta, path.with_suffix(".json"))
+    except (OSError, RuntimeError):
+        pass

@@ -43,7 +43,7 @@ MAX_SIDE = 10_000
 MAX_K = 100
 MAX_POINTS = 100_000
 THUMB_SIZE = 256
-IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
+IMAGE_TYPES = {"image/png": ("PNG",), "image/jpeg": ("JPEG", "MPO")}  # MPO: multi-picture JPEG from cameras
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -71,8 +71,7 @@ def decode_image(data: bytes, content_type: str, max_pixels: int = MAX_PIXELS) -
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise HTTPException(400, f"the body is not a readable image ({type(exc).__name__}); "
                                  "send a PNG or JPEG") from exc
-    want = IMAGE_TYPES[content_type]
-    if img.format != want:
+    if img.format not in IMAGE_TYPES[content_type]:
         raise HTTPException(400, f"the body is {img.format or 'unknown'} data but the content type says {content_type}")
     w, h = img.size
     if w * h > max_pixels or max(w, h) > MAX_SIDE:
@@ -130,7 +129,7 @@ class Thumbnails:
         self._lock = threading.Lock()
 
     def get(self, photo_id: str) -> bytes:
-        if not photo_id.isdigit() or int(photo_id) >= len(self.index):
+        if not (photo_id.isascii() and photo_id.isdigit()) or int(photo_id) >= len(self.index):
             raise HTTPException(404, f"no photo with id {photo_id[:40]!r}: ids are integers 0..{len(self.index) - 1}")
         try:
             path = self.index.safe_path(int(photo_id))

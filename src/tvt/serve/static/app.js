@@ -86,7 +86,7 @@ function isBlank() {
 function scheduleSearch() {
   clearTimeout(timer);
   timer = setTimeout(() => {
-    if (isBlank()) { grid.replaceChildren(); setStatus("Draw something."); return; }
+    if (isBlank()) { requestSeq++; grid.replaceChildren(); setStatus("Draw something."); return; }
     canvas.toBlob((blob) => search(blob, "image/png"), "image/png");
   }, DEBOUNCE_MS);
 }
@@ -148,7 +148,8 @@ document.getElementById("pen").addEventListener("click", () => setMode("pen"));
 document.getElementById("eraser").addEventListener("click", () => setMode("eraser"));
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("clear").addEventListener("click", () => {
-  strokes = []; baseImage = null; redraw(); grid.replaceChildren(); setStatus("Cleared.");
+  strokes = []; baseImage = null; requestSeq++;  // answers still on their way are dropped
+  redraw(); grid.replaceChildren(); setStatus("Cleared.");
 });
 document.addEventListener("keydown", (ev) => {
   if ((ev.ctrlKey || ev.metaKey) && ev.key === "z") { ev.preventDefault(); undo(); }
