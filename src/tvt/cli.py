@@ -81,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TvtError as exc:
         print(f"tvt: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # training saves a checkpoint first (tvt.engine.faults)
         print("tvt: interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))  # 143 after SIGTERM, 130 after SIGINT
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,9 @@ class DataConfig:
     solarize_sketch: bool = True  # [Q9] faithful; False = ablation without solarizing sketches
     alpha_background: str = "white"  # "none" = official plain RGB conversion (spec §1.5)
     num_workers: int = 2
+    # Seed each training sample's augmentation from (seed, epoch, index): bit-exact resume with
+    # workers, identical crops for real and virtual ranks. False = process-global RNG (official).
+    per_sample_seed: bool = True
 
 
 @dataclass
@@ -87,6 +90,7 @@ class SketchConfig:
     save_every: int = 1
     log_every: int = 10
     max_steps_per_epoch: int = 0  # 0 = full epoch; >0 truncates (tests, smoke runs)
+    checkpoint_every_steps: int = 0  # >0: also write checkpoint.pth every N optimizer steps (kill -9 loses less)
 
 
 @dataclass
@@ -125,6 +129,10 @@ class TrainConfig:
     save_every: int = 1  # also keep checkpoint-XXXX.pth every N epochs (0 = only checkpoint.pth)
     log_every: int = 10
     max_steps_per_epoch: int = 0
+    checkpoint_every_steps: int = 0  # >0: also write checkpoint.pth every N optimizer steps (kill -9 loses less)
+    # [Q21] W > 1 emulates W ranks in one process (the paper used W = 2, TU-Berlin 4): batch_size
+    # stays per rank, uniformity per rank's sub-batch, centres over all W, LR scaled by B * W.
+    virtual_world_size: int = 1
 
 
 @dataclass

@@ -92,3 +92,62 @@ def test_shipped_configs_load():
     config.merge(config.Config(), yaml.safe_load(resources.files("tvt").joinpath("configs/demo.yaml").read_text()), "demo")
     for f in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
         config.load([f])
+
+
+def test_save_latest_rotates_and_survives_a_crash_between_renames(tmp_path, monkeypatch):
+    import os
+
+    ckpt.save_latest({"v": 1}, tmp_path)
+    assert not (tmp_path / ckpt.PREVIOUS).exists()
+    ckpt.save_latest({"v": 2}, tmp_path)
+    assert ckpt.load_file(tmp_path / ckpt.LATEST)["v"] == 2 and ckpt.load_file(tmp_path / ckpt.PREVIOUS)["v"] == 1
+    real, calls = os.replace, [0]
+
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] == 2:  # latest already moved to prev, new file not yet renamed: the process dies
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_latest({"v": 3}, tmp_path)
+    monkeypatch.undo()
+    state, path = ckpt.load_latest(tmp_path)
+    assert state["v"] == 2 and path.name == ckpt.PREVIOUS
+
+
+def test_fallback_order_is_newest_first(tmp_path, capsys):
+    import os
+
+    ckpt.save_atomic({"epoch": 1}, tmp_path / "checkpoint-0001.pth")
+    ckpt.save_atomic({"epoch": 2, "step": 3}, tmp_path / ckpt.PREVIOUS)
+    ckpt.save_atomic({"epoch": 2}, tmp_path / "checkpoint-0002.pth")
+    for name, t in (("checkpoint-0001.pth", 1_000), (ckpt.PREVIOUS, 3_000), ("checkpoint-0002.pth", 2_000)):
+        os.utime(tmp_path / name, (t, t))
+    (tmp_path / ckpt.LATEST).write_bytes(b"\x00" * 10)
+    assert [p.name for p in ckpt.candidates(tmp_path)] == [ckpt.LATEST, ckpt.PREVIOUS, "checkpoint-0002.pth",
+                                                           "checkpoint-0001.pth"]
+    state, path = ckpt.load_latest(tmp_path)
+    assert path.name == ckpt.PREVIOUS and state["step"] == 3
+    assert "checkpoint.pth is corrupt" in capsys.readouterr().err
+    for p in tmp_path.glob("*.pth"):
+        p.write_bytes(b"bad")
+    with pytest.raises(CheckpointError, match="every checkpoint"):
+        ckpt.load_latest(tmp_path)
+
+
+def test_disk_full_error_is_both_checkpoint_and_os_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(ckpt.DiskFullError) as info:
+        ckpt.save_latest({"v": 1}, tmp_path)
+    assert isinstance(info.value, OSError) and isinstance(info.value, CheckpointError) and info.value.errno == 28
+    assert "checkpoint.pth" in str(info.value) and not list(tmp_path.iterdir())
+
+
+def test_new_config_keys_defaults():
+    c = config.Config()
+    assert c.train.virtual_world_size == 1 and c.train.checkpoint_every_steps == 0
+    assert c.sketch.checkpoint_every_steps == 0 and c.data.per_sample_seed is True
+    with pytest.raises(ConfigError):
+        config.load([], ["train.virtual_world_size=two"])

@@ -99,11 +99,13 @@ def test_resume_equals_uninterrupted(teachers, tmp_path):
     # interrupt after epoch 1 by training a 1-epoch run with the same schedule length, then resume
     import tvt.engine.train_tvt as tt
 
+    from tvt.engine.common import JsonlLogger
+    from tvt.engine.tvt_state import save
+
     run = tt.build_run(part, "cpu")
-    log = tt.JsonlLogger(Path(part.train.output_dir) / "log.jsonl")
-    n_iter = len(run.sched.lr) // part.train.epochs
-    tt.run_epoch(run, 0, n_iter, log, progress=False)
-    tt._save(run, 0)
+    log = JsonlLogger(Path(part.train.output_dir) / "log.jsonl")
+    tt.run_epoch(run, 0, run.n_iter, log, progress=False)
+    save(run, 1)
     del run
     b = torch.load(train(part, resume=True, device="cpu", progress=False), weights_only=True)
     assert b["epoch"] == a["epoch"] == 2

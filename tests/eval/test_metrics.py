@@ -108,7 +108,8 @@ def test_torch_and_numpy_inputs_agree():
     q, g = exact_features(rng, 20), exact_features(rng, 30)
     ql, gl = rng.integers(0, 3, 20), rng.integers(0, 3, 30)
     a = retrieval_metrics(q, ql, g, gl)
-    b = retrieval_metrics(torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl))
+    qt = torch.from_numpy(q).requires_grad_(True)  # e.g. straight from a model
+    b = retrieval_metrics(qt, torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl), device="cpu")
     assert a == b
 
 
@@ -122,7 +123,7 @@ def brute_force_ranks(s: np.ndarray, rel: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n_bins", [1, 4, 1024])
-@pytest.mark.parametrize("kind", ["ties", "float", "constant", "all_relevant"])
+@pytest.mark.parametrize("kind", ["ties", "float", "constant", "concentrated", "all_relevant"])
 def test_relevant_ranks_brute_force(kind, n_bins):
     rng = np.random.default_rng(n_bins)
     g = 80
@@ -130,6 +131,7 @@ def test_relevant_ranks_brute_force(kind, n_bins):
         "ties": rng.integers(-3, 4, (5, g)) / 4,
         "float": rng.standard_normal((5, g)),
         "constant": np.full((5, g), 0.5),
+        "concentrated": 0.9 + rng.integers(0, 6, (5, g)) * 6e-8,  # spread << magnitude: coarse float bins
         "all_relevant": rng.integers(-2, 3, (5, g)) / 2,
     }[kind].astype(np.float32)
     s[0, :3] = [0.0, -0.0, 0.0]  # signed zeros tie
@@ -145,8 +147,8 @@ def test_relevant_ranks_brute_force(kind, n_bins):
 def test_order_keys_match_stable_descending_sort():
     rng = np.random.default_rng(0)
     special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 3e38, -3e38, 1.0, -1.0], np.float32)
-    s = np.concatenate([special, rng.standard_normal(200).astype(np.float32), special, np.round(rng.standard_normal(50))])
-    s = s.astype(np.float32)
+    noise = rng.standard_normal(200).astype(np.float32)
+    s = np.concatenate([special, noise, special, np.round(noise[:50])]).astype(np.float32)
     keys = order_keys(torch.from_numpy(s), torch.arange(len(s)))
     np.testing.assert_array_equal(torch.argsort(keys).numpy(), np.argsort(-s, kind="stable"))
 

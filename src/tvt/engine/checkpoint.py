@@ -1,18 +1,25 @@
-"""Atomic checkpoint files and resume discovery.
+"""Atomic checkpoint files, rotation and resume discovery.
 
 Checkpoints are plain dicts of tensors, numbers, strings and lists, loadable with
 ``torch.load(weights_only=True)``. A save writes ``<name>.tmp`` in the same folder, flushes and
-fsyncs it, then renames it over the target, so a crash or a full disk never leaves a half-written
-file in place of the last good one. ``load_latest`` falls back to the newest *numbered* checkpoint
-when ``checkpoint.pth`` is unreadable, and says so.
+fsyncs it, then renames it over the target, so a crash, ``kill -9`` or a full disk never leaves a
+half-written file in place of the last good one. :func:`save_latest` also keeps the file it
+replaces as ``checkpoint-prev.pth``, so one older good checkpoint survives even with
+``save_every: 0``. ``load_latest`` falls back to that file and to the numbered ones when
+``checkpoint.pth`` is unreadable, and says so.
+
+A checkpoint records its position as ``epoch`` (epochs completed) and ``step`` (optimizer steps
+completed inside epoch ``epoch``; 0 or absent at an epoch boundary).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +29,30 @@ import torch
 from tvt.errors import CheckpointError
 
 LATEST = "checkpoint.pth"
+PREVIOUS = "checkpoint-prev.pth"
 _NUMBERED = re.compile(r"checkpoint-(\d{4,})\.pth$")
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
+class DiskFullError(CheckpointError, OSError):
+    """No space (or quota) left while writing a checkpoint; the previous file is untouched."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(obj: dict[str, Any], path: Path) -> Path:
+    """Write ``obj`` to ``<path>.tmp`` (flushed, fsynced); the temp file is removed on any failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -35,10 +60,53 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = DiskFullError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
+                                "checkpoint (if any) is intact. Free disk space and run the same command again to "
+                                "resume")
+            err.errno = exc.errno
+            raise err from exc
+        raise
+    return tmp
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file + fsync + rename).
+
+    A full disk raises :class:`DiskFullError` (a CheckpointError and an OSError) naming the file;
+    ``path`` keeps its old content.
+    """
+    path = Path(path)
+    tmp = _write_tmp(obj, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_latest(obj: dict[str, Any], run_dir: str | Path) -> Path:
+    """Write ``run_dir/checkpoint.pth`` atomically, keeping the one it replaces as ``checkpoint-prev.pth``.
+
+    Order: new file complete on disk, then old latest -> prev, then new -> latest. A crash
+    between the two renames leaves ``checkpoint-prev.pth`` (and the complete temp file), which
+    :func:`load_latest` picks up.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LATEST
+    tmp = _write_tmp(obj, path)
+    try:
+        if path.is_file():
+            os.replace(path, run_dir / PREVIOUS)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(run_dir)
     return path
 
 
@@ -50,7 +118,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated or not a torch file
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+        # first sentence only: torch's advice about weights_only would mislead for a damaged file
+        detail = re.split(r"(?<=\.)\s", (str(exc).strip().splitlines() or [""])[0])[0][:160]
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {detail})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict")
     return obj
@@ -63,23 +133,54 @@ def numbered(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def candidates(run_dir: str | Path) -> list[Path]:
+    """Resume candidates: ``checkpoint.pth`` first, then ``checkpoint-prev.pth`` and the numbered
+    files, newest first by modification time (ties: higher number first)."""
+    run_dir = Path(run_dir)
+    older = [p for p in [run_dir / PREVIOUS, *numbered(run_dir)] if p.is_file()]
+    rank = {p: i for i, p in enumerate(older)}  # PREVIOUS, then by number: the tie-break order
+    older.sort(key=lambda p: (-p.stat().st_mtime_ns, rank[p]))
+    latest = run_dir / LATEST
+    return ([latest] if latest.is_file() else []) + older
+
+
 def load_latest(run_dir: str | Path) -> tuple[dict[str, Any], Path] | None:
     """The most recent readable checkpoint of a run, or None if the run has none.
 
-    ``checkpoint.pth`` first; if it is corrupt, the numbered ones from newest to oldest, with a
-    warning on stderr for every unreadable file skipped.
+    ``checkpoint.pth`` first; if it is corrupt, the older candidates of :func:`candidates`, with a
+    warning on stderr naming every unreadable file skipped.
     """
     run_dir = Path(run_dir)
-    candidates = [run_dir / LATEST] + numbered(run_dir)
-    candidates = [p for p in candidates if p.is_file()]
-    if not candidates:
+    paths = candidates(run_dir)
+    if not paths:
         return None
-    for path in candidates:
+    for path in paths:
         try:
             return load_file(path), path
         except CheckpointError as exc:
             print(f"tvt: warning: {exc}; trying the previous checkpoint", file=sys.stderr)
-    raise CheckpointError(f"every checkpoint in {run_dir} is unreadable: {', '.join(p.name for p in candidates)}")
+    raise CheckpointError(f"every checkpoint in {run_dir} is unreadable: {', '.join(p.name for p in paths)}; "
+                          "delete them (or use another output_dir) to start over")
+
+
+@dataclass
+class Position:
+    """Where training continues: ``step`` optimizer steps into epoch ``epoch``."""
+
+    epoch: int = 0
+    step: int = 0
+    totals: dict[str, float] = field(default_factory=dict)  # loss sums of the steps done in this epoch
+    rng: dict[str, Any] | None = None  # restored after the epoch's loaders are created (mid-epoch only)
+
+
+def position(state: dict[str, Any]) -> Position:
+    """Where training continues from ``state``; at an epoch boundary its RNG state is restored now
+    (before the next epoch's loaders exist), mid-epoch it is returned to be restored later."""
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    if step == 0:
+        set_rng_state(state["rng"])
+        return Position(epoch)
+    return Position(epoch, step, {k: float(v) for k, v in state.get("epoch_totals", {}).items()}, state["rng"])
 
 
 def rng_state() -> dict[str, Any]:

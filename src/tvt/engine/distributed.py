@@ -1,8 +1,12 @@
 """Process-group helpers that also work as a single process.
 
-Launch with ``torchrun --nproc_per_node N tvt train ...``: the usual environment variables
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) select the process group; NCCL on GPUs, gloo on
-CPUs. Without them everything runs as rank 0 of 1 and no collective is called.
+Launch with ``torchrun --nproc_per_node N tvt train ...`` (multi-node: ``--nnodes``,
+``--rdzv_backend c10d --rdzv_endpoint HOST:PORT``): the usual environment variables (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) select the process group; NCCL on GPUs, gloo on CPUs.
+Without them everything runs as rank 0 of 1 and no collective is called.
+
+Feature extraction shards a dataset with :func:`shard_dataset` (contiguous, no padding, so no
+item is seen twice) and reassembles the rows in dataset order with :func:`gather_rows`.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass(frozen=True)
@@ -51,18 +58,87 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_dist() else (0, 1)
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def _comm_device(device: torch.device | None = None) -> torch.device:
+    """Where collective tensors must live: the current GPU for NCCL, the CPU for gloo."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device if device is not None and device.type != "cuda" else torch.device("cpu")
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a Python float across ranks (the value itself on one process)."""
     if not is_dist():
         return float(value)
-    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    t = torch.tensor([float(value)], device=_comm_device(device), dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """Largest of an integer across ranks (the value itself on one process)."""
+    if not is_dist():
+        return int(value)
+    t = torch.tensor([int(value)], device=_comm_device(device), dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP-wrap a *trained* model when there are several processes; the model itself otherwise.
+
+    Never call it on a frozen teacher: it has no gradients to average and DDP would only add
+    parameter broadcasts.
+    """
+    if info.world_size <= 1:
+        return model
+    ids = [info.local_rank] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank``: contiguous, sizes differ by at most one, no padding."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def shard_dataset(dataset: Dataset) -> Dataset:
+    """This rank's contiguous shard of ``dataset`` (the dataset itself on one process)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return dataset
+    start, stop = shard_bounds(len(dataset), rank, world)  # type: ignore[arg-type]
+    return Subset(dataset, range(start, stop))
+
+
+def gather_rows(local: np.ndarray, n_total: int) -> np.ndarray:
+    """Reassemble per-rank shards (from :func:`shard_dataset`) into ``[n_total, D]`` on every rank.
+
+    ``local`` is this rank's ``[n_r, D]`` array (``[0, 0]`` for an empty shard). Shards are padded
+    to the largest one for one ``all_gather`` (works with gloo and NCCL), then trimmed.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return local
+    dev = _comm_device()
+    dim = all_reduce_max(local.shape[1] if local.ndim == 2 and len(local) else 0, dev)
+    sizes = [shard_bounds(n_total, r, world)[1] - shard_bounds(n_total, r, world)[0] for r in range(world)]
+    if local.shape[0] != sizes[rank]:
+        raise ValueError(f"rank {rank} holds {local.shape[0]} rows, expected {sizes[rank]} of {n_total}")
+    dtype = torch.from_numpy(np.zeros(0, dtype=local.dtype)).dtype
+    padded = torch.zeros(max(sizes), dim, dtype=dtype, device=dev)
+    if sizes[rank]:
+        padded[: sizes[rank]] = torch.from_numpy(np.ascontiguousarray(local)).to(dev)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]).cpu().numpy()
 
 
 def cleanup() -> None:

@@ -5,6 +5,12 @@ for an image ViT trained from scratch on photos (``modality: photo``, ``init: ra
 a fresh AdamW instead of inheriting ImageNet optimizer state [Q36]; per-sub-batch clipping as the
 official code [Q37] (``clip_mode: per_step`` clips the summed gradient once); the sub-batch losses
 are averaged over the G sub-batches; model selection on held-out *training* classes [Q39].
+
+Runs as one process or under ``torchrun`` (DDP on the student, never on the EMA teacher). A W-rank
+run equals one process with ``sketch.batch_size`` x W except for the clipping of [Q37], which acts
+on each rank's sub-batch gradient averaged over ranks. Checkpoints are written by rank 0 after every
+epoch, every ``sketch.checkpoint_every_steps`` steps and on SIGTERM/SIGINT; resume is bit-exact on
+CPU, also mid-epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import copy
 import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,11 @@ from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split, outliers_for
 from tvt.data.transforms import dino_multicrop_transform, eval_transform
 from tvt.engine import checkpoint as ckpt
+from tvt.engine.checkpoint import Position
 from tvt.engine.common import JsonlLogger, Throughput, seed_everything, cancel_last_layer, clip_per_parameter, param_groups, set_lr_wd
-from tvt.engine.distributed import all_reduce_mean, barrier, setup
+from tvt.engine.distributed import DistInfo, all_reduce_mean, barrier, setup, wrap_ddp
+from tvt.engine.faults import StopOnSignal
+from tvt.engine.sampling import STREAM_STAGE_A, make_loader, seeded
 from tvt.engine.schedules import cosine_scheduler, teacher_temp_schedule
 from tvt.errors import ConfigError
 from tvt.eval.extract import extract_features
@@ -100,37 +110,58 @@ def holdout_score(backbone: nn.Module, folder_root: Path, classes: list[str], ou
     return retrieval_metrics(feats, labels, feats, labels, ks_map=(), ks_prec=(), exclude_self=True)
 
 
-def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool = True) -> Path:
-    """Run stage A; returns the path of the selected checkpoint (best on hold-out, or last)."""
+@dataclass
+class StageA:
+    """Everything the stage-A loop needs, built once."""
+
+    cfg: Config
+    info: DistInfo
+    train_classes: list[str]
+    held: list[str]
+    test_classes: list[str]
+    root: Path
+    outliers: dict
+    loader: torch.utils.data.DataLoader
+    teacher: Teacher
+    student: Teacher
+    model: nn.Module  # the student, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    center: DINOCenter
+    sched: dict[str, Any]
+    n_iter: int
+    out_dir: Path
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -1.0, "epoch": -1})
+
+
+def build(cfg: Config, device: str = "auto") -> StageA:
+    """Data, teacher/student pair, optimizer, centre and schedules of stage A."""
     sc = cfg.sketch
     info = setup(device)
     seed_everything(sc.seed)
+    if sc.selection not in ("holdout", "last"):
+        raise ConfigError(f"sketch.selection must be 'holdout' or 'last', got {sc.selection!r}")
+    if sc.checkpoint_every_steps < 0:
+        raise ConfigError(f"sketch.checkpoint_every_steps must be >= 0, got {sc.checkpoint_every_steps}")
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     train_classes, held = (split_holdout(split.train_classes, sc.holdout_fraction, sc.seed)
                            if sc.selection == "holdout" else (list(split.train_classes), []))
-    if sc.selection not in ("holdout", "last"):
-        raise ConfigError(f"sketch.selection must be 'holdout' or 'last', got {sc.selection!r}")
     root, outliers = _modality_dir(cfg)
     tf = dino_multicrop_transform(global_size=cfg.data.img_size, local_size=sc.local_crops_size,
                                   global_scale=tuple(sc.global_crops_scale), local_scale=tuple(sc.local_crops_scale),
                                   local_crops=sc.local_crops)
     ds = ClassFolder(root, train_classes, tf, outliers=outliers, alpha_background=cfg.data.alpha_background)
-    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=sc.seed)
     if len(ds) < sc.batch_size * info.world_size:
         raise ConfigError(f"sketch.batch_size {sc.batch_size} x {info.world_size} processes is larger than the "
                           f"{len(ds)} training images in {root}")
-    loader = torch.utils.data.DataLoader(ds, batch_size=sc.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda")
+    loader = make_loader(seeded(ds, sc.seed, STREAM_STAGE_A, cfg.data.per_sample_seed), sc.batch_size, seed=sc.seed,
+                         rank=info.rank, world_size=info.world_size, num_workers=cfg.data.num_workers,
+                         pin_memory=info.device.type == "cuda")
     teacher = build_teacher(cfg).to(info.device)
     student = copy.deepcopy(teacher)  # spec §5: the student starts as a copy of the teacher
     _set_drop_path(student.backbone, sc.drop_path_rate)
     _unfreeze_g(student.head, sc.norm_last_layer)
     teacher.eval().requires_grad_(False)
     student.train()
-    model = nn.parallel.DistributedDataParallel(student) if info.world_size > 1 else student
-    optimizer = torch.optim.AdamW(param_groups(student, None))  # fresh optimizer [Q36]
-    out_dim = student.head.last_layer.weight_v.shape[0]
-    center = DINOCenter(out_dim, names=("center",), momentum=0.9).to(info.device)
     n_iter = len(loader) if not sc.max_steps_per_epoch else min(len(loader), sc.max_steps_per_epoch)
     peak = sc.lr * sc.batch_size * info.world_size / 256.0
     sched = {
@@ -139,70 +170,120 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
         "m": cosine_scheduler(sc.momentum_teacher, 1.0, sc.epochs, n_iter),
         "tt": teacher_temp_schedule(sc.warmup_teacher_temp, sc.teacher_temp, sc.warmup_teacher_temp_epochs, sc.epochs),
     }
-    out_dir = Path(sc.output_dir)
-    start, best = 0, {"score": -1.0, "epoch": -1}
-    if resume and (found := ckpt.load_latest(out_dir)) is not None:
-        state = found[0]
-        student.load_state_dict(state["student"]), teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"]), center.load_state_dict(state["dino_loss"])
-        ckpt.set_rng_state(state["rng"])
-        start, best = int(state["epoch"]), dict(state.get("best", best))
-        print(f"tvt: resuming stage A from {found[1]} at epoch {start}", file=sys.stderr)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.save(cfg, out_dir / "config.yaml")
-    log = JsonlLogger(out_dir / "log.jsonl", enabled=info.is_main)
-    stage = "sketch" if sc.modality == "sketch" else "image"
-    for epoch in range(start, sc.epochs):
-        sampler.set_epoch(epoch)
-        mean_loss = _epoch(model, student, teacher, center, optimizer, loader, sched, cfg, epoch, n_iter, info, log,
-                           progress and info.is_main)
-        record: dict[str, Any] = {"type": "epoch", "epoch": epoch, "train_loss": mean_loss}
-        if held:
-            score = holdout_score(teacher.backbone, root, held, outliers, cfg.data.img_size, info.device)["mAP@all"]
-            record["holdout_mAP@all"] = score
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1}
-        log.write(record)
-        if info.is_main:
-            state = {"format": "tvt", "version": 1, "stage": stage, "teacher": teacher.state_dict(),
-                     "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "dino_loss": center.state_dict(), "epoch": epoch + 1, "config": config_mod.as_plain(cfg),
-                     "train_classes": list(train_classes), "holdout_classes": held,
-                     "test_classes": list(split.test_classes), "dataset": cfg.data.dataset, "split": cfg.data.split,
-                     "arch": {"num_heads": teacher.backbone.blocks[0].attn.num_heads},
-                     "best": best, "rng": ckpt.rng_state()}
-            ckpt.save_atomic(state, out_dir / ckpt.LATEST)
-            if sc.save_every and (epoch + 1) % sc.save_every == 0:
-                ckpt.save_atomic(state, out_dir / f"checkpoint-{epoch + 1:04d}.pth")
-            if held and best["epoch"] == epoch + 1:
-                ckpt.save_atomic(state, out_dir / "checkpoint_best.pth")
-        barrier()
-    if held and (out_dir / "checkpoint_best.pth").is_file():
-        return out_dir / "checkpoint_best.pth"
-    return out_dir / ckpt.LATEST
+    return StageA(cfg=cfg, info=info, train_classes=train_classes, held=held, test_classes=list(split.test_classes),
+                  root=root, outliers=outliers, loader=loader, teacher=teacher, student=student,
+                  model=wrap_ddp(student, info), optimizer=torch.optim.AdamW(param_groups(student, None)),  # [Q36]
+                  center=DINOCenter(student.head.last_layer.weight_v.shape[0], names=("center",), momentum=0.9).to(info.device),
+                  sched=sched, n_iter=n_iter, out_dir=Path(sc.output_dir))
 
 
-def _epoch(model, student, teacher, center, optimizer, loader, sched, cfg: Config, epoch: int, n_iter: int, info,
-           log: JsonlLogger, progress: bool) -> float:
-    sc = cfg.sketch
-    total, tput = 0.0, Throughput()
-    bar = tqdm(total=n_iter, desc=f"stage A ({sc.modality}) epoch {epoch + 1}/{sc.epochs}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    for step, (crops, _) in enumerate(loader):
+def _state(a: StageA, epoch: int, step: int = 0, totals: dict[str, float] | None = None) -> dict[str, Any]:
+    cfg = a.cfg
+    return {"format": "tvt", "version": 1, "stage": "sketch" if cfg.sketch.modality == "sketch" else "image",
+            "teacher": a.teacher.state_dict(), "student": a.student.state_dict(), "optimizer": a.optimizer.state_dict(),
+            "dino_loss": a.center.state_dict(), "epoch": epoch, "step": step, "steps_per_epoch": a.n_iter,
+            "epoch_totals": dict(totals or {}), "config": config_mod.as_plain(cfg),
+            "train_classes": list(a.train_classes), "holdout_classes": a.held, "test_classes": a.test_classes,
+            "dataset": cfg.data.dataset, "split": cfg.data.split,
+            "arch": {"num_heads": a.teacher.backbone.blocks[0].attn.num_heads},
+            "best": a.best, "rng": ckpt.rng_state()}
+
+
+def _load(a: StageA, state: dict[str, Any]) -> Position:
+    if state.get("step") and state.get("steps_per_epoch", a.n_iter) != a.n_iter:
+        raise ConfigError(f"the mid-epoch checkpoint in {a.out_dir} was written with {state['steps_per_epoch']} steps "
+                          f"per epoch, this run has {a.n_iter}; resume with the same settings or delete it")
+    a.student.load_state_dict(state["student"]), a.teacher.load_state_dict(state["teacher"])
+    a.optimizer.load_state_dict(state["optimizer"]), a.center.load_state_dict(state["dino_loss"])
+    a.best = dict(state.get("best", a.best))
+    return ckpt.position(state)
+
+
+def _save(a: StageA, epoch: int, step: int = 0, totals: dict[str, float] | None = None) -> Path | None:
+    """Rank 0 writes checkpoint.pth (+ numbered every ``save_every`` epochs, + best)."""
+    if not a.info.is_main:
+        return None
+    state = _state(a, epoch, step, totals)
+    path = ckpt.save_latest(state, a.out_dir)
+    every = a.cfg.sketch.save_every
+    if step == 0 and every and epoch % every == 0:
+        ckpt.save_atomic(state, a.out_dir / f"checkpoint-{epoch:04d}.pth")
+    if step == 0 and a.held and a.best["epoch"] == epoch:
+        ckpt.save_atomic(state, a.out_dir / "checkpoint_best.pth")
+    return path
+
+
+def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool = True) -> Path:
+    """Run stage A; returns the path of the selected checkpoint (best on hold-out, or last).
+
+    Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
+    """
+    a = build(cfg, device)
+    pos = Position()
+    if resume and (found := ckpt.load_latest(a.out_dir)) is not None:
+        pos = _load(a, found[0])
+        if a.info.is_main:
+            print(f"tvt: resuming stage A from {found[1]} at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
+    if a.info.is_main:
+        a.out_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.save(cfg, a.out_dir / "config.yaml")
+    log = JsonlLogger(a.out_dir / "log.jsonl", enabled=a.info.is_main)
+    with StopOnSignal(announce=a.info.is_main) as stop:
+        for epoch in range(pos.epoch, cfg.sketch.epochs):
+            here = pos if epoch == pos.epoch else Position(epoch)
+            record: dict[str, Any] = {"type": "epoch", "epoch": epoch,
+                                      "train_loss": _epoch(a, epoch, log, progress and a.info.is_main, here, stop)}
+            if a.held:
+                score = holdout_score(a.teacher.backbone, a.root, a.held, a.outliers, cfg.data.img_size, a.info.device)
+                record["holdout_mAP@all"] = score["mAP@all"]
+                if score["mAP@all"] > a.best["score"]:
+                    a.best = {"score": score["mAP@all"], "epoch": epoch + 1}
+            log.write(record)
+            path = _save(a, epoch + 1)
+            barrier()
+            if (sig := stop.agreed(a.info.device)) and epoch + 1 < cfg.sketch.epochs:
+                raise stop.interrupted(sig, path, epoch + 1, 0)
+    if a.held and (a.out_dir / "checkpoint_best.pth").is_file():
+        return a.out_dir / "checkpoint_best.pth"
+    return a.out_dir / ckpt.LATEST
+
+
+def _epoch(a: StageA, epoch: int, log: JsonlLogger, progress: bool, start: Position, stop: StopOnSignal) -> float:
+    """Epoch ``epoch`` from step ``start.step``; returns the mean loss over the epoch's steps."""
+    sc, n_iter = a.cfg.sketch, a.n_iter
+    a.loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    a.loader.sampler.start = start.step * sc.batch_size  # type: ignore[union-attr]
+    if hasattr(a.loader.dataset, "set_epoch"):
+        a.loader.dataset.set_epoch(epoch)
+    batches = iter(a.loader)
+    if start.rng is not None:  # mid-epoch resume: the RNG as it was after `start.step` steps
+        ckpt.set_rng_state(start.rng)
+    totals, tput = {"loss": start.totals.get("loss", 0.0)}, Throughput()
+    bar = tqdm(total=n_iter, initial=start.step, desc=f"stage A ({sc.modality}) epoch {epoch + 1}/{sc.epochs}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for step, (crops, _) in enumerate(batches, start=start.step):
         if step >= n_iter:
             break
         it = epoch * n_iter + step
-        loss = _step(model, student, teacher, center, optimizer, crops, sched, sc, epoch, it, info.device)
-        total += loss
-        tput.add(crops[0].shape[0] * info.world_size)
+        loss = _step(a.model, a.student, a.teacher, a.center, a.optimizer, crops, a.sched, sc, epoch, it, a.info.device)
+        totals["loss"] += loss
+        tput.add(crops[0].shape[0] * a.info.world_size)
         bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")
         if (step + 1) % sc.log_every == 0 or step + 1 == n_iter:
-            log.write({"type": "step", "epoch": epoch, "step": step, "it": it, "loss": loss, "lr": float(sched["lr"][it]),
-                       "wd": float(sched["wd"][it]), "momentum": float(sched["m"][it]),
-                       "teacher_temp": float(sched["tt"][epoch]), "img_per_s": tput.rate()})
+            log.write({"type": "step", "epoch": epoch, "step": step, "it": it, "loss": loss,
+                       "lr": float(a.sched["lr"][it]), "wd": float(a.sched["wd"][it]),
+                       "momentum": float(a.sched["m"][it]), "teacher_temp": float(a.sched["tt"][epoch]),
+                       "img_per_s": tput.rate()})
+        if step + 1 < n_iter:
+            sig = stop.agreed(a.info.device)
+            if sig or (sc.checkpoint_every_steps and (step + 1) % sc.checkpoint_every_steps == 0):
+                path = _save(a, epoch, step + 1, totals)
+                barrier()
+                if sig:
+                    bar.close()
+                    raise stop.interrupted(sig, path, epoch, step + 1)
     bar.close()
-    return all_reduce_mean(total / max(n_iter, 1), info.device)
+    return all_reduce_mean(totals["loss"] / max(n_iter, 1), a.info.device)
 
 
 def _step(model, student, teacher, center, optimizer, crops, sched, sc, epoch: int, it: int, device) -> float:

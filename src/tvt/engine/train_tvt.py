@@ -1,18 +1,19 @@
 """Stage B: train the fusion ViT (TVT) from a frozen image teacher and a frozen sketch teacher.
 
-One optimizer step follows spec Appendix A: G image sub-batches of b = B/G photos, and after
-every s-th of them one sketch sub-batch of b sketches; every sub-loss is divided by G + G/s [Q13];
-then per-tensor clipping [Q15], last-layer cancelling in the first epoch, and the AdamW step.
-Checkpoints are written atomically after every epoch and hold everything needed to resume
-bit-exactly on CPU (optimizer, centres, RNG states).
+One optimizer step follows spec Appendix A (:mod:`tvt.engine.tvt_step`). Runs as one process or
+under ``torchrun`` (DDP on the student only; the frozen teachers are never wrapped). World size
+matters [Q21]: uniformity is per rank, DINO and class centres use every rank's rows, the LR scales
+with ``B * W``. ``train.virtual_world_size = W`` reproduces a ``W``-process run in one process.
+
+Checkpoints (:mod:`tvt.engine.tvt_state`) are written atomically by rank 0 after every epoch,
+every ``train.checkpoint_every_steps`` optimizer steps and on SIGTERM/SIGINT
+(:mod:`tvt.engine.faults`); a resume continues bit-exactly on CPU, also from the middle of an
+epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,22 @@ from tvt import config as config_mod
 from tvt.config import Config
 from tvt.data.folder import ClassFolder
 from tvt.data.layout import Split, load_split, outliers_for
-from tvt.data.paired import PairedLoader, substep_plan
 from tvt.data.transforms import tvt_train_transform
 from tvt.engine import checkpoint as ckpt
-from tvt.engine.common import (JsonlLogger, seed_everything, Throughput, autocast, cancel_last_layer, clip_per_parameter,
-                               make_scaler, param_groups, resolve_precision, set_lr_wd)
-from tvt.engine.distributed import DistInfo, all_reduce_mean, barrier, setup
+from tvt.engine.common import JsonlLogger, Throughput, make_scaler, param_groups, resolve_precision, seed_everything
+from tvt.engine.distributed import DistInfo, all_reduce_mean, barrier, setup, wrap_ddp
+from tvt.engine.faults import StopOnSignal
+from tvt.engine.sampling import ResumablePairedLoader, VirtualRankLoader
 from tvt.engine.schedules import align_uniform_schedule, cosine_scheduler, teacher_temp_schedule
+from tvt.engine.checkpoint import Position
+from tvt.engine.tvt_state import load_state, save
+from tvt.engine.tvt_step import train_step
 from tvt.errors import ConfigError
 from tvt.losses.dino import DINOCenter
 from tvt.losses.hypersphere import CenterAlignment
-from tvt.losses.objective import tvt_loss
 from tvt.models.weights import init_student_from_teacher, load_teacher
+
+__all__ = ["Run", "Schedules", "build_run", "train", "run_epoch", "train_step"]
 
 
 @dataclass
@@ -54,7 +59,7 @@ class Run:
     cfg: Config
     dist: DistInfo
     split: Split
-    loader: PairedLoader
+    loader: ResumablePairedLoader | VirtualRankLoader
     student: nn.Module  # possibly DDP-wrapped
     teacher_img: nn.Module
     teacher_skt: nn.Module
@@ -65,17 +70,27 @@ class Run:
     sched: Schedules
     precision: str
     out_dir: Path
+    n_iter: int  # optimizer steps per epoch
+    virtual: int = 1  # virtual ranks emulated by this process [Q21]
 
     @property
     def bare_student(self) -> nn.Module:
         return self.student.module if hasattr(self.student, "module") else self.student
 
 
-def _check_teacher_paths(cfg: Config) -> None:
+def _check(cfg: Config, info: DistInfo) -> None:
+    t = cfg.train
     for key in ("image_teacher", "sketch_teacher"):
-        if not getattr(cfg.train, key):
+        if not getattr(t, key):
             raise ConfigError(f"train.{key} is required: the path of the frozen {key.replace('_', ' ')} checkpoint "
                               "(stage B never starts from random weights [Q18])")
+    if t.accum_steps % t.skt_factor:
+        raise ConfigError(f"train.accum_steps ({t.accum_steps}) must be a multiple of train.skt_factor ({t.skt_factor})")
+    if t.virtual_world_size < 1 or (t.virtual_world_size > 1 and info.world_size > 1):
+        raise ConfigError(f"train.virtual_world_size ({t.virtual_world_size}) must be >= 1, and 1 under torchrun "
+                          f"(this run has {info.world_size} processes): it emulates several ranks in one process")
+    if t.checkpoint_every_steps < 0:
+        raise ConfigError(f"train.checkpoint_every_steps must be >= 0 (0 = only at epoch ends), got {t.checkpoint_every_steps}")
 
 
 def _datasets(cfg: Config, split: Split) -> tuple[ClassFolder, ClassFolder]:
@@ -93,6 +108,18 @@ def _datasets(cfg: Config, split: Split) -> tuple[ClassFolder, ClassFolder]:
     return photos, sketches
 
 
+def _loader(cfg: Config, split: Split, info: DistInfo) -> ResumablePairedLoader | VirtualRankLoader:
+    """Real rank ``info.rank`` of ``info.world_size``, or all ``W`` virtual ranks of one process."""
+    photos, sketches = _datasets(cfg, split)
+    t, virtual = cfg.train, cfg.train.virtual_world_size
+    ranks = range(virtual) if virtual > 1 else [info.rank]
+    loaders = [ResumablePairedLoader(photos, sketches, t.batch_size, t.skt_factor, num_workers=cfg.data.num_workers,
+                                     seed=t.seed, rank=r, world_size=max(virtual, info.world_size),
+                                     pin_memory=info.device.type == "cuda", per_sample_seed=cfg.data.per_sample_seed)
+               for r in ranks]
+    return VirtualRankLoader(loaders) if virtual > 1 else loaders[0]
+
+
 def _schedules(cfg: Config, n_iter: int, world: int) -> Schedules:
     t = cfg.train
     peak = t.lr * t.batch_size * world / 256.0
@@ -108,171 +135,87 @@ def _schedules(cfg: Config, n_iter: int, world: int) -> Schedules:
 
 def build_run(cfg: Config, device: str = "auto") -> Run:
     """Load data, teachers and the student; build optimizer, losses and schedules."""
-    _check_teacher_paths(cfg)
     info = setup(device)
+    _check(cfg, info)
     seed_everything(cfg.train.seed)
     t = cfg.train
-    if t.accum_steps % t.skt_factor:
-        raise ConfigError(f"train.accum_steps ({t.accum_steps}) must be a multiple of train.skt_factor ({t.skt_factor})")
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
-    photos, sketches = _datasets(cfg, split)
-    loader = PairedLoader(photos, sketches, t.batch_size, t.skt_factor, num_workers=cfg.data.num_workers,
-                          seed=t.seed, rank=info.rank, world_size=info.world_size, pin_memory=info.device.type == "cuda")
+    loader = _loader(cfg, split, info)
     teacher_img = load_teacher(t.image_teacher).to(info.device).eval().requires_grad_(False)
     teacher_skt = load_teacher(t.sketch_teacher).to(info.device).eval().requires_grad_(False)
     student = init_student_from_teacher(teacher_img, num_classes=len(split.train_classes),
                                         token_num=cfg.model.token_num, pos_resample=cfg.model.pos_resample)
     student = student.to(info.device)
     student.train(not t.disable_dropout)  # [Q19]: README runs keep the student in eval mode
-    if info.world_size > 1:  # frozen teachers are never wrapped in DDP
-        student = nn.parallel.DistributedDataParallel(student, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    bare = student.module if hasattr(student, "module") else student
-    optimizer = torch.optim.AdamW(param_groups(bare, t.backbone_lr_mult))
-    out_dim = bare.head.last_layer.weight_v.shape[0]
-    bottleneck = bare.head_fusion.fc.weight.shape[1]
+    # [Q20]: with token_num 3 the sketch head is unused in image sub-steps, DDP must be told
+    wrapped = wrap_ddp(student, info, find_unused_parameters=cfg.model.token_num == 3)
+    optimizer = torch.optim.AdamW(param_groups(student, t.backbone_lr_mult))
     precision = resolve_precision(t.precision, info.device)
+    n_iter = loader.full_len() if not t.max_steps_per_epoch else min(loader.full_len(), t.max_steps_per_epoch)
     return Run(
-        cfg=cfg, dist=info, split=split, loader=loader, student=student, teacher_img=teacher_img,
+        cfg=cfg, dist=info, split=split, loader=loader, student=wrapped, teacher_img=teacher_img,
         teacher_skt=teacher_skt, optimizer=optimizer, scaler=make_scaler(precision),
-        dino_center=DINOCenter(out_dim, names=("img", "skt"), momentum=t.center_momentum).to(info.device),
-        ca=CenterAlignment(len(split.train_classes), dim=bottleneck, momentum=t.ca_momentum).to(info.device),
-        sched=_schedules(cfg, len(loader) if not t.max_steps_per_epoch else min(len(loader), t.max_steps_per_epoch),
-                         info.world_size),
-        precision=precision, out_dir=Path(t.output_dir),
+        dino_center=DINOCenter(student.head.last_layer.weight_v.shape[0], names=("img", "skt"),
+                               momentum=t.center_momentum).to(info.device),
+        ca=CenterAlignment(len(split.train_classes), dim=student.head_fusion.fc.weight.shape[1],
+                           momentum=t.ca_momentum).to(info.device),
+        sched=_schedules(cfg, n_iter, info.world_size * t.virtual_world_size),
+        precision=precision, out_dir=Path(t.output_dir), n_iter=n_iter, virtual=t.virtual_world_size,
     )
 
 
-def _substep(run: Run, x: torch.Tensor, y: torch.Tensor, modality: str, epoch: int, it: int, n_sub: int,
-             sync: bool) -> dict[str, float]:
-    """Forward + backward of one sub-batch of one modality; returns the loss terms (unscaled)."""
-    teacher = run.teacher_img if modality == "img" else run.teacher_skt
-    ctx = run.student.no_sync() if (hasattr(run.student, "no_sync") and not sync) else contextlib.nullcontext()
-    with ctx:
-        with torch.no_grad(), autocast(run.precision, run.dist.device):
-            t_logits = teacher(x)
-        with autocast(run.precision, run.dist.device):
-            out = run.student(x, modality)
-        out = types.SimpleNamespace(dino_logits=out.dino_logits.float(), cls_logits=out.cls_logits.float(), f=out.f.float())
-        terms = tvt_loss(out, t_logits.float(), y, modality, dino_center=run.dino_center, ca=run.ca,
-                         teacher_temp=float(run.sched.teacher_temp[epoch]), w_t=float(run.sched.w_t[it]),
-                         align_weight=run.cfg.train.align_uniform_weight, use_align_uniform=run.cfg.train.use_align_uniform,
-                         smoothing=run.cfg.train.label_smoothing, student_temp=run.cfg.train.student_temp)
-        loss = terms["loss"] / n_sub
-        if not math.isfinite(loss.item()):  # [Q14] checked on every sub-loss here, not only the last
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, iteration {it} ({modality}); stopping")
-        (run.scaler.scale(loss) if run.scaler else loss).backward()
-    return {k: float(v.detach()) for k, v in terms.items()}
-
-
-def train_step(run: Run, batch: tuple, epoch: int, it: int) -> dict[str, float]:
-    """One optimizer step over a photo batch and a sketch batch (spec Appendix A)."""
-    t = run.cfg.train
-    photos, y_img, sketches, y_skt = batch
-    dev = run.dist.device
-    x_img, x_skt = photos[0].to(dev, non_blocking=True), sketches[0].to(dev, non_blocking=True)
-    y_img, y_skt = y_img.to(dev), y_skt.to(dev)
-    set_lr_wd(run.optimizer, float(run.sched.lr[it]), float(run.sched.wd[it]))
-    plan = substep_plan(x_img.shape[0], t.accum_steps, t.skt_factor)
-    n_sub = sum(1 + (s is not None) for _, s in plan)
-    sums: dict[str, float] = {}
-    for i, (img_sl, skt_sl) in enumerate(plan):
-        last = i == len(plan) - 1
-        parts = [("img", x_img[img_sl], y_img[img_sl])]
-        if skt_sl is not None:
-            parts.append(("skt", x_skt[skt_sl], y_skt[skt_sl]))
-        for modality, x, y in parts:
-            terms = _substep(run, x, y, modality, epoch, it, n_sub, sync=last)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v / n_sub
-    bare = run.bare_student
-    if run.scaler:
-        run.scaler.unscale_(run.optimizer)
-    clip_per_parameter(bare.parameters(), t.clip_grad)
-    cancel_last_layer(bare, epoch, t.freeze_last_layer)
-    if run.scaler:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    else:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return sums
-
-
-def state_dict(run: Run, epoch: int) -> dict[str, Any]:
-    """The checkpoint written after ``epoch`` (0-based) finished."""
-    bare = run.bare_student
-    return {
-        "format": "tvt", "version": 1, "stage": "tvt",
-        "student": bare.state_dict(),
-        "arch": {"token_num": run.cfg.model.token_num, "pos_resample": run.cfg.model.pos_resample,
-                 "num_heads": bare.backbone.blocks[0].attn.num_heads},
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler else {},
-        "dino_loss": run.dino_center.state_dict(),
-        "ca_loss": run.ca.state_dict(),
-        "epoch": epoch + 1,
-        "config": config_mod.as_plain(run.cfg),
-        "train_classes": list(run.split.train_classes),
-        "test_classes": list(run.split.test_classes),
-        "dataset": run.cfg.data.dataset, "split": run.cfg.data.split,
-        "teachers": {"image": str(run.cfg.train.image_teacher), "sketch": str(run.cfg.train.sketch_teacher)},
-        "rng": ckpt.rng_state(),
-    }
-
-
-def load_state(run: Run, state: dict[str, Any]) -> int:
-    """Restore a checkpoint into ``run``; returns the epoch to start from."""
-    if state.get("stage") != "tvt" or state.get("train_classes") != list(run.split.train_classes):
-        raise ConfigError("the checkpoint in the output directory belongs to a different run (stage or training classes "
-                          f"differ); use another train.output_dir or delete {run.out_dir / ckpt.LATEST}")
-    run.bare_student.load_state_dict(state["student"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scaler and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    run.dino_center.load_state_dict(state["dino_loss"])
-    run.ca.load_state_dict(state["ca_loss"])
-    ckpt.set_rng_state(state["rng"])
-    return int(state["epoch"])
-
-
-def _save(run: Run, epoch: int) -> None:
-    if not run.dist.is_main:
-        return
-    state = state_dict(run, epoch)
-    ckpt.save_atomic(state, run.out_dir / ckpt.LATEST)
-    every = run.cfg.train.save_every
-    if every and (epoch + 1) % every == 0:
-        ckpt.save_atomic(state, run.out_dir / f"checkpoint-{epoch + 1:04d}.pth")
-
-
 def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool = True) -> Path:
-    """Run stage B to ``cfg.train.epochs``; resume from the output directory when asked."""
+    """Run stage B to ``cfg.train.epochs``; resume from the output directory when asked.
+
+    Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
+    """
     run = build_run(cfg, device)
-    start = 0
+    pos = Position()
     if resume and (found := ckpt.load_latest(run.out_dir)) is not None:
-        start = load_state(run, found[0])
+        pos = load_state(run, found[0])
         if run.dist.is_main:
-            print(f"tvt: resuming from {found[1]} at epoch {start}", file=sys.stderr)
+            print(f"tvt: resuming from {found[1]} at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
     if run.dist.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, run.out_dir / "config.yaml")
     log = JsonlLogger(run.out_dir / "log.jsonl", enabled=run.dist.is_main)
-    n_iter = len(run.sched.lr) // max(cfg.train.epochs, 1)
-    for epoch in range(start, cfg.train.epochs):
-        run_epoch(run, epoch, n_iter, log, progress and run.dist.is_main)
-        _save(run, epoch)
-        barrier()
+    with StopOnSignal(announce=run.dist.is_main) as stop:
+        for epoch in range(pos.epoch, cfg.train.epochs):
+            here = pos if epoch == pos.epoch else Position(epoch)
+            run_epoch(run, epoch, run.n_iter, log, progress and run.dist.is_main, start=here, stop=stop)
+            path = save(run, epoch + 1)
+            barrier()
+            if (sig := stop.agreed(run.dist.device)) and epoch + 1 < cfg.train.epochs:
+                raise stop.interrupted(sig, path, epoch + 1, 0)
     return run.out_dir / ckpt.LATEST
 
 
-def run_epoch(run: Run, epoch: int, n_iter: int, log: JsonlLogger, progress: bool) -> dict[str, float]:
-    """Train one epoch of ``n_iter`` optimizer steps; log every ``log_every`` steps and at the end."""
+def _log_step(run: Run, log: JsonlLogger, epoch: int, step: int, it: int, terms: dict[str, float], rate: float) -> None:
+    log.write({"type": "step", "epoch": epoch, "step": step, "it": it, **terms,
+               "lr_backbone": float(run.sched.lr[it]) * run.cfg.train.backbone_lr_mult,
+               "lr": float(run.sched.lr[it]), "wd": float(run.sched.wd[it]),
+               "teacher_temp": float(run.sched.teacher_temp[epoch]), "w_t": float(run.sched.w_t[it]),
+               "img_per_s": rate})
+
+
+def run_epoch(run: Run, epoch: int, n_iter: int, log: JsonlLogger, progress: bool, *, start: Position | None = None,
+              stop: StopOnSignal | None = None) -> dict[str, float]:
+    """Train epoch ``epoch`` from step ``start.step`` to ``n_iter``; log, checkpoint on request.
+
+    After every optimizer step: a checkpoint every ``train.checkpoint_every_steps`` steps, and on
+    an agreed stop signal a checkpoint followed by :class:`TrainingInterrupted`.
+    """
+    start = start or Position(epoch)
     run.loader.set_epoch(epoch)
-    meter, tput = Throughput(), Throughput()
-    totals: dict[str, float] = {}
-    bar = tqdm(total=n_iter, desc=f"tvt epoch {epoch + 1}/{run.cfg.train.epochs}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    for step, batch in enumerate(run.loader):
+    run.loader.skip(start.step)
+    batches = iter(run.loader)
+    if start.rng is not None:  # mid-epoch resume: the RNG as it was after `start.step` steps
+        ckpt.set_rng_state(start.rng)
+    every, meter, tput = run.cfg.train.checkpoint_every_steps, Throughput(), Throughput()
+    totals = dict(start.totals)
+    bar = tqdm(total=n_iter, initial=start.step, desc=f"tvt epoch {epoch + 1}/{run.cfg.train.epochs}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for step, batch in enumerate(batches, start=start.step):
         if step >= n_iter:
             break
         it = epoch * n_iter + step
@@ -281,14 +224,17 @@ def run_epoch(run: Run, epoch: int, n_iter: int, log: JsonlLogger, progress: boo
         meter.add(n_img), tput.add(n_img)
         for k, v in terms.items():
             totals[k] = totals.get(k, 0.0) + v
-        bar.update(1)
-        bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        bar.update(1), bar.set_postfix(loss=f"{terms['loss']:.3f}")
         if (step + 1) % run.cfg.train.log_every == 0 or step + 1 == n_iter:
-            log.write({"type": "step", "epoch": epoch, "step": step, "it": it, **terms,
-                       "lr_backbone": float(run.sched.lr[it]) * run.cfg.train.backbone_lr_mult,
-                       "lr": float(run.sched.lr[it]), "wd": float(run.sched.wd[it]),
-                       "teacher_temp": float(run.sched.teacher_temp[epoch]), "w_t": float(run.sched.w_t[it]),
-                       "img_per_s": meter.rate()})
+            _log_step(run, log, epoch, step, it, terms, meter.rate())
+        if step + 1 < n_iter:
+            sig = stop.agreed(run.dist.device) if stop is not None else None
+            if sig or (every and (step + 1) % every == 0):
+                path = save(run, epoch, step + 1, totals)
+                barrier()
+                if sig:
+                    bar.close()
+                    raise stop.interrupted(sig, path, epoch, step + 1)
     bar.close()
     means = {f"train_{k}": all_reduce_mean(v / max(n_iter, 1), run.dist.device) for k, v in totals.items()}
     log.write({"type": "epoch", "epoch": epoch, **means, "img_per_s": tput.rate()})

@@ -64,7 +64,11 @@ class ITQ:
         return (xs - mu) @ self.components @ self.rotation
 
     def encode(self, x: Any, center: str = "own") -> np.ndarray:
-        """Binary codes [N, bits] bool: the rotated projection > 0 (spec §6.6)."""
+        """Binary codes [N, bits] bool: the rotated projection > 0 (spec §6.6).
+
+        ``center="own"`` (official) centres ``x`` by its own mean, which needs a whole set; encode a
+        single query with ``center="train"``.
+        """
         return self.project(x, center) > 0
 
     def save(self, path: str | Path) -> None:

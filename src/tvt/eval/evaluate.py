@@ -156,10 +156,11 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
 def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progress: bool = True,
              name: str = "tvt") -> dict[str, Any]:
     """Evaluate a checkpoint (TVT student or a plain ViT) on the split of ``cfg``; write reports."""
-    from tvt.engine.distributed import pick_device
+    from tvt.engine.distributed import setup
     from tvt.models.weights import load_encoder, read_checkpoint
 
-    dev = pick_device(device)
+    info = setup(device)  # torchrun: features sharded over ranks, reports from rank 0
+    dev = info.device
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     state = read_checkpoint(checkpoint)
     classes = eval_classes(split, state, cfg.eval.use_train)
@@ -171,6 +172,8 @@ def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progr
                          device=dev, num_workers=cfg.data.num_workers, progress=progress, cache_dir=out_dir / "features",
                          model_key=(file_identity(checkpoint), cfg.eval.return_idx, cfg.data.img_size))
     m = score_features(feats, cfg)
+    if not info.is_main:
+        return public_metrics(m)
     paths = write_reports(out_dir, name, sets, feats, m, cfg, model=enc.model, device=dev)
     result = public_metrics(m)
     result["files"] = {k: str(v) for k, v in paths.items()}
@@ -183,10 +186,10 @@ def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = Fal
 
     The official protocol keeps the query in the gallery [Q32]; ``exclude_self`` removes it.
     """
-    from tvt.engine.distributed import pick_device
+    from tvt.engine.distributed import setup
     from tvt.models.weights import load_encoder, read_checkpoint
 
-    dev = pick_device(device)
+    dev = setup(device).device
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     classes = eval_classes(split, read_checkpoint(checkpoint), cfg.eval.use_train)
     enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)

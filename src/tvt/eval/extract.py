@@ -65,12 +65,23 @@ def _open_cache(cache: Path, n: int, dim: int, key: str) -> tuple[np.ndarray, in
 @torch.inference_mode()
 def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, batch_size: int = 64,
                      device: torch.device | str = "cpu", num_workers: int = 0, desc: str = "features",
-                     progress: bool = True, cache: str | Path | None = None, key: str = "") -> np.ndarray:
+                     progress: bool = True, cache: str | Path | None = None, key: str = "",
+                     _sharded: bool = False) -> np.ndarray:
     """Run ``encode`` over ``dataset`` in order; returns raw features [N, D] as float32.
 
     ``dataset[i]`` must return ``(image_tensor [3,H,W], anything)``. With ``cache`` (a ``.npy``
-    path) and ``key`` (a fingerprint of what determines the features), work is resumable.
+    path) and ``key`` (a fingerprint of what determines the features), work is resumable. Under
+    torchrun every rank encodes a contiguous shard and every rank gets all rows in dataset order.
     """
+    from tvt.engine.distributed import gather_rows, rank_and_world, shard_dataset
+
+    rank, world = rank_and_world()
+    if world > 1 and not _sharded:
+        shard_cache = None if cache is None else Path(cache).with_suffix(f".rank{rank}of{world}.npy")
+        local = extract_features(encode, shard_dataset(dataset), batch_size=batch_size, device=device,
+                                 num_workers=num_workers, desc=desc, progress=progress and rank == 0,
+                                 cache=shard_cache, key=key, _sharded=True)
+        return gather_rows(local, len(dataset))
     n = len(dataset)
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)

@@ -166,49 +166,78 @@ def order_keys(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return ((~ordered).to(torch.int64) << 32) | idx
 
 
-def _relevant_ranks(s: torch.Tensor, rel: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+class _Buffers:
+    """Work tensors reused across chunks: a fresh multi-MB tensor costs page faults on first touch,
+    several times the cost of the pass that fills it."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
+def _fill(value: int, numel: int, dev: torch.device) -> torch.Tensor:
+    """int32 [numel] of ``value`` without allocating it (stride 0)."""
+    return torch.full((1,), value, dtype=torch.int32, device=dev).expand(numel)
+
+
+def _relevant_ranks(
+    s: torch.Tensor, rel: torch.Tensor, n_bins: int, bufs: _Buffers | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact 1-based ranks of the relevant items of every row, ascending.
 
-    ``s``: [c, G] float32 scores; ``rel``: [n] int64 gallery indices of the relevant items (n >= 1).
-    Returns ``(ranks [c, n] int64, gallery index of each ranked relevant item [c, n] int64)``.
+    ``s``: [c, G] float32 scores; ``rel``: [n] int64 gallery indices of the relevant items (n >= 1),
+    on the device of ``s``. Returns ``ranks`` [c, n] int64 and the gallery index of each ranked
+    relevant item [c, n] int64.
     """
     c, g = s.shape
-    n, dev = rel.numel(), s.device
-    rel_s = s[:, rel]
+    n, dev, bufs = rel.numel(), s.device, bufs or _Buffers()
+    rel_s = s.index_select(1, rel)
     rel_key, order = order_keys(rel_s, rel).sort(dim=1)
     # bins: any map that is non-increasing in the score is correct; items in a bin holding no
     # relevant item are then ranked before/after every relevant item by their bin alone.
+    # Row r owns the bin ids r*nb .. r*nb + nb - 1 (ids < 2**24, exact in float32).
+    nb = n_bins + 3  # per row, bin 0: above hi, 1 .. n_bins + 1: [hi, lo], n_bins + 2: below lo
     hi, lo = rel_s.amax(1, keepdim=True), rel_s.amin(1, keepdim=True)
     scale = n_bins / (hi - lo).clamp_min(1e-30)
-    v = torch.addcmul(hi * scale + 1.0, s, -scale)  # 1 at hi, n_bins + 1 at lo
-    nb = n_bins + 3  # bin 0: above hi, n_bins + 2: below lo
-    bins = v.clamp_(0, nb - 1).to(torch.int32)
-    del v
-    bins += (torch.arange(c, dtype=torch.int32, device=dev) * nb)[:, None]  # one histogram per row
-    flat = bins.view(-1)
-    hist = torch.zeros(c * nb, dtype=torch.int32, device=dev)
-    hist.index_add_(0, flat, torch.ones(1, dtype=torch.int32, device=dev).expand(flat.numel()))
-    rel_bins = bins[:, rel].long()
-    flag = torch.zeros(c * nb, dtype=torch.bool, device=dev)
+    first = torch.arange(c, device=dev, dtype=torch.float32)[:, None] * nb
+    v = torch.addcmul(first + 1.0 + hi * scale, s, -scale, out=bufs.get("v", (c, g), torch.float32, dev))
+    v.clamp_(first, first + (nb - 1))
+    flat = bufs.get("bins", (c * g,), torch.int32, dev).copy_(v.view(-1))  # truncation: monotone
+    hist = bufs.get("hist", (c * nb,), torch.int32, dev).zero_()
+    hist.index_add_(0, flat, _fill(1, flat.numel(), dev))
+    rel_bins = flat.view(c, g).index_select(1, rel).long()
+    flag = bufs.get("flag", (c * nb,), torch.bool, dev).zero_()
     flag[rel_bins.view(-1)] = True
-    rows, cols = flag.index_select(0, flat).view(c, g).nonzero(as_tuple=True)
-    hist.index_add_(0, bins[rows, cols], torch.full((1,), -1, dtype=torch.int32, device=dev).expand(rows.numel()))
-    del bins, flat, flag
-    # colliding items (relevant ones included): exact comparison with the relevant keys
+    collide = torch.index_select(flag, 0, flat, out=bufs.get("collide", (c * g,), torch.bool, dev))
+    collide.view(c, g).index_fill_(1, rel, False)  # relevant items are handled below, without search
+    where = collide.nonzero()[:, 0]  # other items sharing a bin with a relevant item (flat positions)
+    rows, cols = where // g, where % g
+    # the histogram keeps only the items in bins without relevant items
+    hist.index_add_(0, flat.index_select(0, where), _fill(-1, where.numel(), dev))
+    hist.index_add_(0, rel_bins.view(-1).to(torch.int32), _fill(-1, c * n, dev))
+    # colliding items: exact comparison with the relevant keys
     counts = torch.bincount(rows, minlength=c)
-    pos = torch.arange(rows.numel(), device=dev) - (counts.cumsum(0) - counts)[rows]
+    pos = torch.arange(where.numel(), device=dev) - (counts.cumsum(0) - counts).index_select(0, rows)
     padded = torch.full((c, int(counts.max())), _INT64_MAX, dtype=torch.int64, device=dev)
-    padded[rows, pos] = order_keys(s[rows, cols], cols)
+    padded.view(-1)[rows * padded.shape[1] + pos] = order_keys(s.view(-1).index_select(0, where), cols)
     gap = torch.searchsorted(rel_key, padded)  # number of relevant keys below each key, 0..n
     per_gap = torch.zeros(c, n + 1, dtype=torch.int64, device=dev)
     per_gap.scatter_add_(1, gap, torch.ones_like(gap))
-    colliding_upto = per_gap.cumsum(1)[:, :n]  # colliding keys <= the m-th relevant key
+    # colliding keys up to the m-th relevant key (0-based): searched ones, plus relevant ones 0..m
+    colliding_upto = per_gap.cumsum(1)[:, :n] + torch.arange(1, n + 1, device=dev)
     hist = hist.view(c, nb)
-    rank_bins = rel_bins.gather(1, order) - (torch.arange(c, device=dev) * nb)[:, None]
+    rank_bins = rel_bins.gather(1, order) - first.long()
     # non-colliding items in the bins before each relevant item's bin
-    before_bin = hist.cumsum(1, dtype=torch.int32).gather(1, rank_bins) - hist.gather(1, rank_bins)
+    cum = torch.cumsum(hist, 1, dtype=torch.int32, out=bufs.get("cum", (c, nb), torch.int32, dev))
+    before_bin = cum.gather(1, rank_bins) - hist.gather(1, rank_bins)
     ranks = before_bin.long() + colliding_upto
-    return ranks, rel.to(dev)[order]
+    return ranks, rel[order]
 
 
 def _metrics_from_ranks(
@@ -277,19 +306,21 @@ def iter_relevant_ranks(
         raise DataError(f"gallery too large ({n_g} items); at most 2**32 - 1 are supported")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gt = gt.to(dev)
-    rows_per_chunk = chunk if chunk is not None else max(1, _CHUNK_ELEMENTS // n_g)
-    n_bins = int(min(max(1024, 2 ** math.ceil(math.log2(n_g))), 1 << 17))
+    # ~G monotone bins per row (see _relevant_ranks); the per-row histograms also count as memory
+    n_bins = int(min(max(16, 2 ** math.ceil(math.log2(n_g))), 1 << 17))
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(n_g, n_bins + 3)) if chunk is None else chunk
+    rows_per_chunk = min(rows_per_chunk, (1 << 24) // (n_bins + 3))  # bin ids exact in float32
     n_eff = n_g - 1 if exclude_self else n_g
-    with torch.inference_mode():
-        for qidx, rel in _query_groups(ql, gl, rows_per_chunk):
-            if rel.numel() <= int(exclude_self):  # no relevant item
-                yield qidx, torch.zeros(qidx.numel(), 0, dtype=torch.int64), n_eff
-                continue
-            s = qt[qidx].to(dev) @ gt.T
-            ranks, ranked_idx = _relevant_ranks(s, rel, n_bins)
-            if exclude_self:
-                ranks = _drop_self(ranks, ranked_idx, qidx.to(dev))
-            yield qidx, ranks.cpu(), n_eff
+    bufs = _Buffers()  # inputs are detached (check_features), so no autograd graph is built
+    for qidx, rel in _query_groups(ql, gl, rows_per_chunk):
+        if rel.numel() <= int(exclude_self):  # no relevant item
+            yield qidx, torch.zeros(qidx.numel(), 0, dtype=torch.int64), n_eff
+            continue
+        s = torch.mm(qt[qidx].to(dev), gt.T, out=bufs.get("s", (qidx.numel(), n_g), torch.float32, dev))
+        ranks, ranked_idx = _relevant_ranks(s, rel.to(dev), n_bins, bufs)
+        if exclude_self:
+            ranks = _drop_self(ranks, ranked_idx, qidx.to(dev))
+        yield qidx, ranks.cpu(), n_eff
 
 
 def retrieval_metrics(
@@ -343,7 +374,8 @@ def retrieval_metrics(
                 per_query[name][qidx] = vals
             bar.update(qidx.numel())
     if no_relevant:
-        warnings.warn(f"{no_relevant} queries have no relevant gallery item; they count as AP = P = 0", RuntimeWarning, stacklevel=2)
+        msg = f"{no_relevant} queries have no relevant gallery item; they count as AP = P = 0"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     out: dict[str, Any] = {name: float(per_query[name].mean()) for name in names}
     out.update(n_queries=n_q, n_gallery=n_g)
     if return_per_query:
