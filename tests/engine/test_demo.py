@@ -11,7 +11,8 @@ from tvt.cli import main
 TINY = ["data.img_size=32", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.out_dim=64",
         "model.head_hidden_dim=32", "model.head_bottleneck_dim=16", "sketch.epochs=1", "sketch.batch_size=16",
         "sketch.max_steps_per_epoch=2", "sketch.local_crops=2", "sketch.local_crops_size=16", "train.epochs=1",
-        "train.batch_size=16", "train.max_steps_per_epoch=2", "eval.grid_queries=2", "eval.grid_k=4"]
+        "train.batch_size=16", "train.max_steps_per_epoch=2", "train.warmup_epochs=1",
+        "train.align_uniform_epochs=1", "train.accum_steps=2", "eval.grid_queries=2", "eval.grid_k=4"]
 
 
 def test_demo_writes_metrics_for_three_models(tmp_path, capsys):

@@ -31,10 +31,13 @@ JOB = textwrap.dedent('''
     train_tvt.train(config.load([], args["tvt"]), resume=False, device="cpu", progress=False)
     rows = torch.arange(14, dtype=torch.float32).view(7, 2)
     ds = torch.utils.data.TensorDataset(rows, torch.zeros(7))
-    local = extract_features(lambda x: x * 2, shard_dataset(ds), batch_size=2, progress=False)
     rank, world = rank_and_world()
-    np.save(out / f"rows_{rank}.npy", gather_rows(local, len(ds)))
+    # extract_features shards over the ranks itself and gathers every row on every rank
+    np.save(out / f"rows_{rank}.npy", extract_features(lambda x: x * 2, ds, batch_size=2, progress=False))
+    shard = shard_dataset(ds)
+    local = np.stack([ds[i][0].numpy() * 2 for i in shard.indices]) if len(shard) else np.zeros((0, 2), np.float32)
     np.save(out / f"shard_{rank}.npy", local)
+    np.save(out / f"gathered_{rank}.npy", gather_rows(local.astype(np.float32), len(ds)))
     train_dino.train(config.load([], args["stage_a"]), resume=False, device="cpu", progress=False)
     cleanup()
 ''')
@@ -116,6 +119,7 @@ def test_two_gloo_processes_equal_virtual_ranks(dist_overrides, tmp_path):
     assert np.load(tmp_path / "shard_0.npy").shape[0] + np.load(tmp_path / "shard_1.npy").shape[0] == 7
     for r in (0, 1):
         np.testing.assert_array_equal(np.load(tmp_path / f"rows_{r}.npy"), want)
+        np.testing.assert_array_equal(np.load(tmp_path / f"gathered_{r}.npy"), want)
 
     state_a = torch.load(stage_a / "checkpoint.pth", weights_only=True)
     assert state_a["epoch"] == 1 and not list(stage_a.glob("*.tmp"))
