@@ -41,14 +41,25 @@ def load_feature_file(path: Path) -> tuple[Any, Any]:
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected an .npz with 'features' and 'labels'")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array has no named keys
+        raise DataError(f"{path}: a single array, not an .npz archive; save the features with "
+                        "np.savez(path, features=..., labels=...)")
+    try:
+        with loaded as z:
             arrays = {key: z[key] for key in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
     for key in ("features", "labels"):
         if key not in arrays:
             raise DataError(f"{path}: missing key '{key}' (found: {sorted(arrays) or 'nothing'})")
     feats = check_features(arrays["features"], f"{path}: key 'features'")
+    zero = ~feats.any(dim=1)
+    if bool(zero.any()):  # named here: the metrics code only knows "query" / "gallery"
+        raise DataError(f"{path}: key 'features': {int(zero.sum())} all-zero rows (first: row "
+                        f"{int(zero.nonzero()[0, 0])}); cosine similarity is undefined for them, re-extract the features")
     labels = check_labels(arrays["labels"], feats.shape[0], f"{path}: key 'labels'")
     return feats, labels
 

@@ -185,8 +185,18 @@ class PhotoIndex:
         try:
             table = json.loads((d / FILES_FILE).read_text(encoding="utf-8"))
             emb = np.load(d / EMB_FILE, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty embeddings file
             raise DataError(f"index {d} is damaged ({exc}); re-run `tvt index` with --rebuild") from exc
+        try:
+            return cls._from_parts(d, meta, table, emb, verify)
+        except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or foreign index.json/files.json
+            raise DataError(f"index {d} is damaged (missing or malformed entry {exc}); "
+                            "re-run `tvt index` with --rebuild") from exc
+
+    @classmethod
+    def _from_parts(cls, d: Path, meta: dict[str, Any], table: Any, emb: Any, verify: bool) -> PhotoIndex:
+        if not isinstance(emb, np.ndarray):
+            raise DataError(f"index {d}: {EMB_FILE} is not a single array; re-run `tvt index` with --rebuild")
         if verify and (_sha256_array(emb) != meta["embeddings"]["sha256"]
                        or sha256_file(d / FILES_FILE) != meta["files"]["sha256"]):
             raise DataError(f"index {d}: embeddings.npy/files.json do not match index.json (an update was "
@@ -207,6 +217,9 @@ def _read_meta(d: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"index file {path} is unreadable ({exc}); re-run `tvt index` with --rebuild") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"index file {path} holds a JSON {type(meta).__name__}, not an object; "
+                        "re-run `tvt index` with --rebuild")
     if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
         raise DataError(f"{path} is format {meta.get('format')!r} version {meta.get('version')!r}; this tvt reads "
                         f"{INDEX_FORMAT!r} version {INDEX_VERSION}: rebuild it with `tvt index --rebuild`")
