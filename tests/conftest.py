@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).parent))  # for tests/_helpers.py
+
+from _helpers import tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A real tiny TVT student checkpoint (see tests/_helpers.py)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from _helpers import tiny_checkpoint  # noqa: F401  (shared with tests/search, serve, robustness)
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -139,28 +140,6 @@ def make_tree(root: Path, classes=("a", "b", "c"), test=("c",), dataset: str = "
     (ds / "split" / "all_classes.txt").write_text("".join(f"{c}\n" for c in classes))
     (ds / "split" / f"{split}_classes.txt").write_text("".join(f"{c}\n" for c in test))
     return ds
-
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A real (randomly initialised) 1-block, 32-wide TVT student at 32 px in our format."""
-    from tvt.models.heads import DINOHead
-    from tvt.models.vit import ViTArch, build_vit
-    from tvt.models.weights import arch_hints, init_student_from_teacher
-
-    torch.manual_seed(seed)
-    arch = ViTArch(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    vit, head = build_vit(arch), DINOHead(32, out_dim=64, hidden_dim=32, bottleneck_dim=16)
-    state = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()},
-             **{f"head.{k}": v for k, v in head.state_dict().items()}}
-    student = init_student_from_teacher(state, num_classes=4)
-    torch.save({"format": "tvt", "version": 1, "stage": "tvt", "student": student.state_dict(),
-                "arch": arch_hints(student)}, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 @pytest.fixture(scope="session")
