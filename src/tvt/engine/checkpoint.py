@@ -207,3 +207,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_run_files(state: dict[str, Any], run_dir: str | Path, epoch: int, step: int, save_every: int) -> Path:
+    """``checkpoint.pth`` (previous kept as ``checkpoint-prev.pth``); at an epoch boundary also
+    ``checkpoint-XXXX.pth`` every ``save_every`` epochs. Returns the latest file's path."""
+    path = save_latest(state, run_dir)
+    if step == 0 and save_every and epoch % save_every == 0:
+        save_atomic(state, Path(run_dir) / f"checkpoint-{epoch:04d}.pth")
+    return path
+
+
+def open_run(run_dir: Path, resume: bool, load: Any, is_main: bool, what: str) -> Position:
+    """Resume position from the run directory's latest readable checkpoint (``load(state) ->
+    Position``), or the start when there is none or ``resume`` is off."""
+    if resume and (found := load_latest(run_dir)) is not None:
+        pos = load(found[0])
+        if is_main:
+            print(f"tvt: resuming from {found[1]} ({what}) at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
+        return pos
+    return Position()

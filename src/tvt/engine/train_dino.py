@@ -204,10 +204,7 @@ def _save(a: StageA, epoch: int, step: int = 0, totals: dict[str, float] | None 
     if not a.info.is_main:
         return None
     state = _state(a, epoch, step, totals)
-    path = ckpt.save_latest(state, a.out_dir)
-    every = a.cfg.sketch.save_every
-    if step == 0 and every and epoch % every == 0:
-        ckpt.save_atomic(state, a.out_dir / f"checkpoint-{epoch:04d}.pth")
+    path = ckpt.save_run_files(state, a.out_dir, epoch, step, a.cfg.sketch.save_every)
     if step == 0 and a.held and a.best["epoch"] == epoch:
         ckpt.save_atomic(state, a.out_dir / "checkpoint_best.pth")
     return path
@@ -219,11 +216,7 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
     Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
     """
     a = build(cfg, device)
-    pos = Position()
-    if resume and (found := ckpt.load_latest(a.out_dir)) is not None:
-        pos = _load(a, found[0])
-        if a.info.is_main:
-            print(f"tvt: resuming stage A from {found[1]} at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
+    pos = ckpt.open_run(a.out_dir, resume, lambda state: _load(a, state), a.info.is_main, "stage A")
     if a.info.is_main:
         a.out_dir.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, a.out_dir / "config.yaml")

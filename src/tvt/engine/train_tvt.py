@@ -170,11 +170,7 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
     Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
     """
     run = build_run(cfg, device)
-    pos = Position()
-    if resume and (found := ckpt.load_latest(run.out_dir)) is not None:
-        pos = load_state(run, found[0])
-        if run.dist.is_main:
-            print(f"tvt: resuming from {found[1]} at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
+    pos = ckpt.open_run(run.out_dir, resume, lambda state: load_state(run, state), run.dist.is_main, "stage B")
     if run.dist.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, run.out_dir / "config.yaml")

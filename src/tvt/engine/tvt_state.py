@@ -67,9 +67,4 @@ def save(run: Run, epoch: int, step: int = 0, totals: dict[str, float] | None = 
     epoch boundary also ``checkpoint-XXXX.pth`` every ``train.save_every`` epochs."""
     if not run.dist.is_main:
         return None
-    state = state_dict(run, epoch, step, totals)
-    path = ckpt.save_latest(state, run.out_dir)
-    every = run.cfg.train.save_every
-    if step == 0 and every and epoch % every == 0:
-        ckpt.save_atomic(state, run.out_dir / f"checkpoint-{epoch:04d}.pth")
-    return path
+    return ckpt.save_run_files(state_dict(run, epoch, step, totals), run.out_dir, epoch, step, run.cfg.train.save_every)
