@@ -47,6 +47,9 @@ class ModelConfig:
     depth: int = 12
     num_heads: int = 6
     mlp_ratio: float = 4.0
+    # "patch" = the paper's ViT; "conv" = convolutional stem for ViTs trained from scratch (the CPU
+    # demo). Only used when stage A starts from random weights; otherwise read from the checkpoint.
+    stem: str = "patch"
     token_num: int = 2  # 3 is experimental [Q20]
     pos_resample: str = "fidelity"  # [Q10] "fidelity" | "exact"
     out_dim: int = 65536

@@ -70,7 +70,7 @@ def build_teacher(cfg: Config) -> Teacher:
     sc, m = cfg.sketch, cfg.model
     if sc.init == "random":
         arch = ViTArch(img_size=cfg.data.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
-                       num_heads=m.num_heads, mlp_ratio=m.mlp_ratio)
+                       num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, stem=m.stem)
         head = DINOHead(m.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim, norm_last_layer=sc.norm_last_layer)
         return Teacher(build_vit(arch), head)
     if not sc.init:

@@ -180,13 +180,18 @@ def infer_vit_arch(
     ``embed_dim // 64`` (DINO and timm ViTs use 64-dim heads).
     """
     hint = dict(hint or {})
-    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
+    stem = "conv" if "patch_embed.proj.0.weight" in backbone else "patch"
+    stem_key = "patch_embed.proj.0.weight" if stem == "conv" else "patch_embed.proj.weight"
+    for key in (stem_key, "pos_embed", "blocks.0.mlp.fc1.weight"):
         if key not in backbone:
             raise _err(path, f"no {key!r} among the backbone weights; not a ViT state dict")
-    proj = backbone["patch_embed.proj.weight"]
-    if proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
-        raise _err(path, f"patch_embed.proj.weight has shape {tuple(proj.shape)}, expected (D, 3, p, p)")
-    dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    if stem == "conv":
+        dim, patch = _conv_stem_sizes(backbone, path)
+    else:
+        proj = backbone["patch_embed.proj.weight"]
+        if proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
+            raise _err(path, f"patch_embed.proj.weight has shape {tuple(proj.shape)}, expected (D, 3, p, p)")
+        dim, patch = int(proj.shape[0]), int(proj.shape[-1])
     blocks = {int(m.group(1)) for k in backbone if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not blocks or blocks != set(range(len(blocks))):
         raise _err(path, f"transformer blocks are not numbered 0..N-1 (found {sorted(blocks)[:8]})")
@@ -204,8 +209,18 @@ def infer_vit_arch(
     hidden = int(backbone["blocks.0.mlp.fc1.weight"].shape[0])
     return ViTArch(
         img_size=grid * patch, patch_size=patch, embed_dim=dim, depth=len(blocks),
-        num_heads=num_heads, mlp_ratio=hidden / dim,
+        num_heads=num_heads, mlp_ratio=hidden / dim, stem=stem,
     )
+
+
+def _conv_stem_sizes(backbone: Mapping[str, Tensor], path: Path | str) -> tuple[int, int]:
+    """(embed_dim, patch_size) of a conv stem (:func:`tvt.models.vit.conv_stem`) from its weights."""
+    convs = sorted(int(m.group(1)) for k in backbone
+                   if (m := re.fullmatch(r"patch_embed\.proj\.(\d+)\.weight", k)) and backbone[k].ndim == 4)
+    if convs != [3 * i for i in range(len(convs))]:
+        raise _err(path, f"conv-stem layers patch_embed.proj.{{0,3,6,..}} expected, found {convs}")
+    last = backbone[f"patch_embed.proj.{convs[-1]}.weight"]
+    return int(last.shape[0]), 2 ** len(convs)
 
 
 def infer_head_dims(head: Mapping[str, Tensor], path: Path | str, name: str) -> dict:

@@ -19,7 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from tvt.models.vit import ViTArch, crop_to_patches, resample_pos_grid, timm_kwargs
+from tvt.models.vit import ViTArch, apply_stem, crop_to_patches, resample_pos_grid, timm_kwargs
 
 POS_RESAMPLE_MODES = ("fidelity", "exact")
 TOKEN_NAMES: dict[int, tuple[str, ...]] = {
@@ -60,6 +60,7 @@ class FusionViT(VisionTransformer):
         kwargs = timm_kwargs(arch, drop_path_rate)
         kwargs.update(class_token=False, global_pool="")
         super().__init__(**kwargs)
+        apply_stem(self, arch)
         self.arch = arch
         self.token_num = token_num
         self.pos_resample = pos_resample

@@ -11,6 +11,9 @@ small subclass, both to reproduce the DINO/TVT code:
 
 State-dict keys are those of DINO and timm (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
 ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``, ``norm.*``).
+
+``ViTArch.stem = "conv"`` (not in the paper; used by the CPU demo) replaces the one-layer patch
+embedding by a small convolutional stem, see :func:`conv_stem`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class ViTArch:
     depth: int = 12
     num_heads: int = 6
     mlp_ratio: float = 4.0
+    stem: str = "patch"
 
     @property
     def grid(self) -> int:
@@ -48,6 +52,43 @@ class ViTArch:
     def to_dict(self) -> dict:
         """Plain dict (for the ``arch`` entry of a checkpoint)."""
         return asdict(self)
+
+
+STEMS = ("patch", "conv")
+
+
+def conv_stem(patch_size: int, embed_dim: int) -> nn.Sequential:
+    """A convolutional patch embedding: log2(p) stride-2 3x3 convolutions (``stem="conv"``).
+
+    Widths double up to ``embed_dim`` (e.g. 32, 64, 128 for p = 8, D = 128); every conv but the
+    last is followed by a per-image, per-channel GroupNorm (instance normalisation, so no batch
+    statistics and no buffers) and a ReLU. Same output grid as the patch-p convolution. Not part of
+    TVT or DINO: convolutional stems make small ViTs trained from scratch learn much faster
+    (Xiao et al., "Early convolutions help transformers see better", 2021), which is what the
+    CPU demo needs; pretrained DINO/timm weights always use the default ``stem="patch"``.
+    State-dict keys: ``patch_embed.proj.{3i}.weight/bias`` (convs), ``patch_embed.proj.{3i+1}.*``
+    (norms).
+    """
+    n = int(round(math.log2(patch_size))) if patch_size > 0 else 0
+    if n < 1 or 2**n != patch_size:
+        raise ValueError(f"the conv stem needs a power-of-two patch size >= 2, got {patch_size}")
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i in range(n):
+        width = max(1, embed_dim // 2 ** (n - 1 - i))
+        layers.append(nn.Conv2d(c_in, width, kernel_size=3, stride=2, padding=1))
+        if i < n - 1:
+            layers += [nn.GroupNorm(width, width), nn.ReLU(inplace=True)]
+        c_in = width
+    return nn.Sequential(*layers)
+
+
+def apply_stem(vit: VisionTransformer, arch: ViTArch) -> None:
+    """Install the stem ``arch.stem`` in a freshly built timm ViT (``"patch"``: keep timm's)."""
+    if arch.stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {arch.stem!r}")
+    if arch.stem == "conv":
+        vit.patch_embed.proj = conv_stem(arch.patch_size, arch.embed_dim)
 
 
 def timm_kwargs(arch: ViTArch, drop_path_rate: float = 0.0) -> dict:
@@ -126,6 +167,7 @@ class DinoViT(VisionTransformer):
 
     def __init__(self, arch: ViTArch, drop_path_rate: float = 0.0) -> None:
         super().__init__(**timm_kwargs(arch, drop_path_rate))
+        apply_stem(self, arch)
         self.arch = arch
 
     def forward_features(self, x: Tensor, *args, **kwargs) -> Tensor:
