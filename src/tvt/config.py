@@ -38,6 +38,9 @@ class DataConfig:
     # Seed each training sample's augmentation from (seed, epoch, index): bit-exact resume with
     # workers, identical crops for real and virtual ranks. False = process-global RNG (official).
     per_sample_seed: bool = True
+    # Folder for decoded images (.npy, checked against each source's size and mtime): later epochs
+    # skip PNG/JPEG decoding. Exact either way; costs disk (10-50x the compressed sources). "" = off.
+    cache_dir: str = ""
 
 
 @dataclass

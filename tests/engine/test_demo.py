@@ -16,7 +16,8 @@ TINY = ["data.img_size=32", "model.embed_dim=32", "model.depth=1", "model.num_he
 
 
 def test_demo_writes_metrics_for_three_models(tmp_path, capsys):
-    args = ["demo", "--out", str(tmp_path / "demo"), "--classes", "5", "--device", "cpu", "--no-progress"]
+    args = ["demo", "--out", str(tmp_path / "demo"), "--classes", "5", "--device", "cpu", "--no-progress",
+            "--standin-steps", "3"]
     for o in TINY:
         args += ["--set", o]
     assert main(args) == 0

@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the demo config, e.g. --set train.epochs=2")
+    p.add_argument("--standin-steps", type=int, default=300, metavar="N",
+                   help="optimizer steps of the supervised stand-in for the pretrained image ViT (default 300)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -21,5 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from tvt.engine.demo import run_demo
 
     results = run_demo(args.out, seed=args.seed, classes=args.classes, device=args.device,
-                       progress=not args.no_progress, overrides=args.overrides)
+                       progress=not args.no_progress, overrides=args.overrides,
+                       standin_steps=args.standin_steps)
     return 0 if results else 1

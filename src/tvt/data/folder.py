@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.utils.data
@@ -13,6 +13,9 @@ from PIL import Image, ImageOps
 
 from tvt.data.layout import IMG_EXTENSIONS, drop_outliers, list_images
 from tvt.errors import DataError
+
+if TYPE_CHECKING:
+    from tvt.data.cache import DecodedCache
 
 ALPHA_BACKGROUNDS = ("white", "none")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -150,11 +153,16 @@ class ClassFolder(torch.utils.data.Dataset):
 
     ``__getitem__(i)`` returns ``(transform(img), label)``, or ``(transform(img), i)`` with
     ``return_index=True`` (the evaluation variant; labels are then read from ``targets``).
+
+    ``cache_dir`` keeps decoded images in a :class:`~tvt.data.cache.DecodedCache` there, so each
+    file is decoded once instead of every epoch; images (and so tensors) are unchanged. ``None``
+    (the default) decodes every time. The cache is exposed as ``cache`` (``None`` without one).
     """
 
     def __init__(self, modality_root: Path, classes: Sequence[str], transform: Callable[[Image.Image], Any] | None = None,
                  *, outliers: Mapping[str, Iterable[str]] | None = None, return_index: bool = False,
-                 alpha_background: str = "white", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 alpha_background: str = "white", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 cache_dir: str | Path | None = None) -> None:
         root = Path(modality_root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist: expected {root}/<class>/<images>")
@@ -191,17 +199,25 @@ class ClassFolder(torch.utils.data.Dataset):
             raise DataError(f"no images found under {root} for {len(self.classes)} class(es) "
                             f"(e.g. {self.classes[0]!r}); supported extensions: {' '.join(IMG_EXTENSIONS)}")
         self.targets: list[int] = [y for _, y in self.samples]
+        self.cache: DecodedCache | None = None
+        if cache_dir is not None:
+            from tvt.data.cache import DecodedCache  # here: cache.py imports load_rgb from this module
+            self.cache = DecodedCache(cache_dir)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        img: Any = load_rgb(path, self.alpha_background, max_pixels=self.max_pixels)
+        if self.cache is not None:
+            img: Any = self.cache.get(path, self.alpha_background, max_pixels=self.max_pixels)
+        else:
+            img = load_rgb(path, self.alpha_background, max_pixels=self.max_pixels)
         if self.transform is not None:
             img = self.transform(img)
         return img, (index if self.return_index else label)
 
     def __repr__(self) -> str:
         return (f"ClassFolder(root={str(self.root)!r}, classes={len(self.classes)}, samples={len(self.samples)}, "
-                f"missing_classes={len(self.missing_classes)})")
+                f"missing_classes={len(self.missing_classes)}"
+                + (f", cache_dir={str(self.cache.root)!r})" if self.cache is not None else ")"))

@@ -1,7 +1,8 @@
 """`tvt demo`: the whole method end to end on the built-in synthetic dataset, no downloads.
 
 1. generate the synthetic dataset (``tvt data synth``);
-2. stage A on photos from random weights -> a tiny *image ViT* (the stand-in for ImageNet DINO);
+2. a tiny *image ViT* pretrained with labels on the training-class photos: the stand-in for the
+   ImageNet DINO checkpoint the paper starts from (:mod:`tvt.engine.standin` says why);
 3. stage A on sketches starting from it -> the *sketch ViT*;
 4. stage B -> the TVT fusion ViT;
 5. zero-shot evaluation on the unseen classes of three models: the trained TVT, its starting point
@@ -69,7 +70,7 @@ def _encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device
 
 
 def run_demo(out: str | Path, *, seed: int = 0, classes: int = 30, device: str = "auto", progress: bool = True,
-             overrides: list[str] = ()) -> dict[str, Any]:
+             overrides: list[str] = (), standin_steps: int = 300) -> dict[str, Any]:
     """Run the demo into ``out``; returns {model: metrics} and writes metrics.json + retrievals.png."""
     from tvt.data.layout import load_split
     from tvt.data.synth import generate
@@ -83,7 +84,9 @@ def run_demo(out: str | Path, *, seed: int = 0, classes: int = 30, device: str =
     if not (data_dir / "split" / "all_classes.txt").is_file():
         generate(cfg.data.root, num_classes=classes, seed=seed, size=cfg.data.img_size, dataset=cfg.data.dataset,
                  progress=progress)
-    image_vit = _stage_a(cfg, "photo", "random", out / "image_vit", device, progress)
+    from tvt.engine.standin import train_standin
+
+    image_vit = train_standin(cfg, out / "image_vit", steps=standin_steps, device=device, progress=progress)
     sketch_vit = _stage_a(cfg, "sketch", str(image_vit), out / "sketch_vit", device, progress)
     cfg.train.image_teacher, cfg.train.sketch_teacher = str(image_vit), str(sketch_vit)
     tvt_ckpt = train(cfg, resume=True, device=device, progress=progress)

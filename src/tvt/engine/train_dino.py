@@ -99,9 +99,11 @@ def _unfreeze_g(head: nn.Module, norm_last_layer: bool) -> None:
 
 @torch.inference_mode()
 def holdout_score(backbone: nn.Module, folder_root: Path, classes: list[str], outliers: dict, img_size: int,
-                  device: torch.device, batch_size: int = 64) -> dict[str, float]:
+                  device: torch.device, batch_size: int = 64, *, alpha_background: str = "white",
+                  cache_dir: str | None = None) -> dict[str, float]:
     """Intra-modal retrieval (query excluded from the gallery) on held-out training classes."""
-    ds = ClassFolder(folder_root, classes, eval_transform(img_size), outliers=outliers)
+    ds = ClassFolder(folder_root, classes, eval_transform(img_size), outliers=outliers,
+                     alpha_background=alpha_background, cache_dir=cache_dir)
     was = backbone.training
     backbone.eval()
     feats = extract_features(lambda x: backbone(x), ds, batch_size=batch_size, device=device, progress=False)
@@ -149,7 +151,8 @@ def build(cfg: Config, device: str = "auto") -> StageA:
     tf = dino_multicrop_transform(global_size=cfg.data.img_size, local_size=sc.local_crops_size,
                                   global_scale=tuple(sc.global_crops_scale), local_scale=tuple(sc.local_crops_scale),
                                   local_crops=sc.local_crops)
-    ds = ClassFolder(root, train_classes, tf, outliers=outliers, alpha_background=cfg.data.alpha_background)
+    ds = ClassFolder(root, train_classes, tf, outliers=outliers, alpha_background=cfg.data.alpha_background,
+                     cache_dir=cfg.data.cache_dir or None)
     if len(ds) < sc.batch_size * info.world_size:
         raise ConfigError(f"sketch.batch_size {sc.batch_size} x {info.world_size} processes is larger than the "
                           f"{len(ds)} training images in {root}")
@@ -227,7 +230,8 @@ def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool
             record: dict[str, Any] = {"type": "epoch", "epoch": epoch,
                                       "train_loss": _epoch(a, epoch, log, progress and a.info.is_main, here, stop)}
             if a.held:
-                score = holdout_score(a.teacher.backbone, a.root, a.held, a.outliers, cfg.data.img_size, a.info.device)
+                score = holdout_score(a.teacher.backbone, a.root, a.held, a.outliers, cfg.data.img_size, a.info.device,
+                                      alpha_background=cfg.data.alpha_background, cache_dir=cfg.data.cache_dir or None)
                 record["holdout_mAP@all"] = score["mAP@all"]
                 if score["mAP@all"] > a.best["score"]:
                     a.best = {"score": score["mAP@all"], "epoch": epoch + 1}

@@ -95,16 +95,22 @@ def _check(cfg: Config, info: DistInfo) -> None:
 
 def _datasets(cfg: Config, split: Split) -> tuple[ClassFolder, ClassFolder]:
     d = cfg.data
-    if d.global_crops != 1 or d.local_crops != 0:
-        raise ConfigError("data.global_crops must be 1 and data.local_crops 0 (the README setting); multi-crop stage B "
-                          "(instance alignment [Q7]) is not supported in this version")
-    common = dict(size=d.img_size, scale=tuple(d.global_crops_scale), global_crops=1, local_crops=0)
+    if d.global_crops not in (1, 2) or d.local_crops < 0:
+        raise ConfigError(f"data.global_crops must be 1 or 2 and data.local_crops >= 0, got {d.global_crops} and "
+                          f"{d.local_crops} (the README setting is 1 and 0)")
+    if (d.global_crops > 1 or d.local_crops) and cfg.train.virtual_world_size > 1:
+        raise ConfigError("train.virtual_world_size > 1 supports one crop per image only (data.global_crops=1, "
+                          "data.local_crops=0)")
+    common = dict(size=d.img_size, scale=tuple(d.global_crops_scale), global_crops=d.global_crops,
+                  local_crops=d.local_crops, local_size=d.local_crops_size, local_scale=tuple(d.local_crops_scale))
     photo_tf = tvt_train_transform(**common, solarize=True)
     sketch_tf = tvt_train_transform(**common, solarize=d.solarize_sketch)
     root = Path(d.root) / d.dataset
-    photos = ClassFolder(root / "photo", split.train_classes, photo_tf, alpha_background=d.alpha_background)
+    cache = d.cache_dir or None
+    photos = ClassFolder(root / "photo", split.train_classes, photo_tf, alpha_background=d.alpha_background,
+                         cache_dir=cache)
     sketches = ClassFolder(root / "sketch", split.train_classes, sketch_tf, outliers=outliers_for(d.dataset),
-                           alpha_background=d.alpha_background)
+                           alpha_background=d.alpha_background, cache_dir=cache)
     return photos, sketches
 
 

@@ -57,25 +57,40 @@ def virtual_tvt_loss(out: types.SimpleNamespace, t_logits: torch.Tensor, y: torc
     return objective, logs
 
 
-def _substep(run: Run, x: torch.Tensor, y: torch.Tensor, modality: str, epoch: int, it: int, n_sub: int,
+def _per_crop(out, n_crops: int) -> list[types.SimpleNamespace]:
+    """Split a student output over ``n_crops`` equal crop blocks (fp32)."""
+    parts = [t.float().chunk(n_crops) for t in (out.dino_logits, out.cls_logits, out.f)]
+    return [types.SimpleNamespace(dino_logits=d, cls_logits=c, f=f) for d, c, f in zip(*parts)]
+
+
+def _substep(run: Run, x: list[torch.Tensor], y: torch.Tensor, modality: str, epoch: int, it: int, n_sub: int,
              sync: bool) -> dict[str, float]:
-    """Forward + backward of one sub-batch of one modality; returns the loss terms (unscaled)."""
+    """Forward + backward of one sub-batch of one modality; returns the loss terms (unscaled).
+
+    ``x`` holds the crops of the sub-batch: ``data.global_crops`` global crops, then the local
+    ones (README setting: one global crop). The frozen teacher sees only the global crops, as in
+    DINO; with several crops the objective pairs them as DINO does and adds instance alignment [Q7].
+    """
     teacher = run.teacher_img if modality == "img" else run.teacher_skt
     ctx = run.student.no_sync() if (hasattr(run.student, "no_sync") and not sync) else contextlib.nullcontext()
     t = run.cfg.train
     kw = dict(dino_center=run.dino_center, ca=run.ca, teacher_temp=float(run.sched.teacher_temp[epoch]),
               w_t=float(run.sched.w_t[it]), align_weight=t.align_uniform_weight, use_align_uniform=t.use_align_uniform,
               smoothing=t.label_smoothing, student_temp=t.student_temp)
+    n_global = run.cfg.data.global_crops
     with ctx:
         with torch.no_grad(), autocast(run.precision, run.dist.device):
-            t_logits = teacher(x)
+            t_logits = teacher(x[0] if len(x) == 1 else x[:n_global]).float()
         with autocast(run.precision, run.dist.device):
-            out = run.student(x, modality)
-        out = types.SimpleNamespace(dino_logits=out.dino_logits.float(), cls_logits=out.cls_logits.float(), f=out.f.float())
-        if run.virtual > 1:
-            objective, terms = virtual_tvt_loss(out, t_logits.float(), y, modality, run.virtual, **kw)
+            out = run.student(x[0] if len(x) == 1 else x, modality)
+        crops = _per_crop(out, len(x))
+        if run.virtual > 1:  # one crop only (checked when the data are built)
+            objective, terms = virtual_tvt_loss(crops[0], t_logits, y, modality, run.virtual, **kw)
+        elif len(x) == 1:
+            terms = tvt_loss(crops[0], t_logits, y, modality, **kw)
+            objective = terms["loss"]
         else:
-            terms = tvt_loss(out, t_logits.float(), y, modality, **kw)
+            terms = tvt_loss(crops[0], list(t_logits.chunk(n_global)), y, modality, extra_crops=crops[1:], **kw)
             objective = terms["loss"]
         loss = objective / n_sub
         if not math.isfinite(loss.item()):  # [Q14] checked on every sub-loss here, not only the last
@@ -98,16 +113,17 @@ def train_step(run: Run, batch: tuple, epoch: int, it: int) -> dict[str, float]:
     t = run.cfg.train
     photos, y_img, sketches, y_skt = batch
     dev, world = run.dist.device, run.virtual
-    x_img, x_skt = photos[0].to(dev, non_blocking=True), sketches[0].to(dev, non_blocking=True)
+    x_img = [c.to(dev, non_blocking=True) for c in photos]
+    x_skt = [c.to(dev, non_blocking=True) for c in sketches]
     y_img, y_skt = y_img.to(dev), y_skt.to(dev)
     set_lr_wd(run.optimizer, float(run.sched.lr[it]), float(run.sched.wd[it]))
-    plan = substep_plan(x_img.shape[0] // world, t.accum_steps, t.skt_factor)
+    plan = substep_plan(x_img[0].shape[0] // world, t.accum_steps, t.skt_factor)
     n_sub = sum(1 + (s is not None) for _, s in plan)
     sums: dict[str, float] = {}
     for i, (img_sl, skt_sl) in enumerate(plan):
-        parts = [("img", rank_rows(x_img, world, img_sl), rank_rows(y_img, world, img_sl))]
+        parts = [("img", [rank_rows(c, world, img_sl) for c in x_img], rank_rows(y_img, world, img_sl))]
         if skt_sl is not None:
-            parts.append(("skt", rank_rows(x_skt, world, skt_sl), rank_rows(y_skt, world, skt_sl)))
+            parts.append(("skt", [rank_rows(c, world, skt_sl) for c in x_skt], rank_rows(y_skt, world, skt_sl)))
         for modality, x, y in parts:
             # spec §1.7: DDP syncs on both backward passes of the last sub-step, no_sync before
             terms = _substep(run, x, y, modality, epoch, it, n_sub, sync=i == len(plan) - 1)

@@ -58,9 +58,9 @@ def eval_classes(split: Split, state: dict[str, Any] | None, use_train: bool) ->
 def build_sets(cfg: Config, classes: list[str], img_size: int) -> EvalSets:
     root = Path(cfg.data.root) / cfg.data.dataset
     tf = eval_transform(img_size)
-    sketches = ClassFolder(root / "sketch", classes, tf, outliers=outliers_for(cfg.data.dataset), return_index=True,
-                           alpha_background=cfg.data.alpha_background)
-    photos = ClassFolder(root / "photo", classes, tf, return_index=True, alpha_background=cfg.data.alpha_background)
+    common = dict(return_index=True, alpha_background=cfg.data.alpha_background, cache_dir=cfg.data.cache_dir or None)
+    sketches = ClassFolder(root / "sketch", classes, tf, outliers=outliers_for(cfg.data.dataset), **common)
+    photos = ClassFolder(root / "photo", classes, tf, **common)
     return EvalSets(classes=sorted(classes), sketches=sketches, photos=photos)
 
 
