@@ -31,6 +31,7 @@ from tvt.losses.objective import _uni_weight, tvt_loss
 
 if TYPE_CHECKING:
     from tvt.engine.train_tvt import Run
+    from tvt.models.wrappers import StudentOutput
 
 
 def virtual_tvt_loss(out: types.SimpleNamespace, t_logits: torch.Tensor, y: torch.Tensor, modality: str,
@@ -57,7 +58,7 @@ def virtual_tvt_loss(out: types.SimpleNamespace, t_logits: torch.Tensor, y: torc
     return objective, logs
 
 
-def _per_crop(out, n_crops: int) -> list[types.SimpleNamespace]:
+def _per_crop(out: StudentOutput, n_crops: int) -> list[types.SimpleNamespace]:
     """Split a student output over ``n_crops`` equal crop blocks (fp32)."""
     parts = [t.float().chunk(n_crops) for t in (out.dino_logits, out.cls_logits, out.f)]
     return [types.SimpleNamespace(dino_logits=d, cls_logits=c, f=f) for d, c, f in zip(*parts)]
