@@ -14,6 +14,14 @@ import torch
 from torch import nn
 
 from tvt.errors import ConfigError
+from tvt.models.vit import ViTArch
+
+
+def config_arch(cfg: Any) -> ViTArch:
+    """The ViT sizes of ``cfg.model`` at the native size ``cfg.data.img_size`` (random-init models)."""
+    m = cfg.model
+    return ViTArch(img_size=cfg.data.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
+                   num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, stem=m.stem)
 
 
 def seed_everything(seed: int) -> None:

@@ -27,10 +27,10 @@ from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split
 from tvt.data.transforms import augment_pipeline
 from tvt.engine import checkpoint as ckpt
-from tvt.engine.common import seed_everything
+from tvt.engine.common import config_arch, seed_everything
 from tvt.engine.distributed import pick_device
 from tvt.models.heads import DINOHead
-from tvt.models.vit import ViTArch, build_vit
+from tvt.models.vit import build_vit
 from tvt.models.wrappers import Teacher
 
 STANDIN_FILE = "checkpoint.pth"
@@ -59,8 +59,7 @@ def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: flo
     loader = torch.utils.data.DataLoader(photos, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen,
                                          num_workers=cfg.data.num_workers)
     m = cfg.model
-    arch = ViTArch(img_size=cfg.data.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
-                   num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, stem=m.stem)
+    arch = config_arch(cfg)
     vit = build_vit(arch).to(dev).train()
     classifier = nn.Linear(m.embed_dim, len(split.train_classes)).to(dev)
     params = list(vit.parameters()) + list(classifier.parameters())

@@ -34,7 +34,8 @@ from tvt.data.layout import load_split, outliers_for
 from tvt.data.transforms import dino_multicrop_transform, eval_transform
 from tvt.engine import checkpoint as ckpt
 from tvt.engine.checkpoint import Position
-from tvt.engine.common import JsonlLogger, Throughput, seed_everything, cancel_last_layer, clip_per_parameter, param_groups, set_lr_wd
+from tvt.engine.common import (JsonlLogger, Throughput, cancel_last_layer, clip_per_parameter, config_arch, param_groups,
+                               seed_everything, set_lr_wd)
 from tvt.engine.distributed import DistInfo, all_reduce_mean, barrier, setup, wrap_ddp
 from tvt.engine.faults import StopOnSignal
 from tvt.engine.sampling import STREAM_STAGE_A, make_loader, seeded
@@ -44,7 +45,7 @@ from tvt.eval.extract import extract_features
 from tvt.eval.metrics import retrieval_metrics
 from tvt.losses.dino import DINOCenter, dino_loss
 from tvt.models.heads import DINOHead
-from tvt.models.vit import ViTArch, build_vit
+from tvt.models.vit import build_vit
 from tvt.models.weights import load_teacher
 from tvt.models.wrappers import Teacher
 
@@ -69,8 +70,7 @@ def build_teacher(cfg: Config) -> Teacher:
     """The stage-A starting model: a full DINO checkpoint, or random weights when asked explicitly."""
     sc, m = cfg.sketch, cfg.model
     if sc.init == "random":
-        arch = ViTArch(img_size=cfg.data.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
-                       num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, stem=m.stem)
+        arch = config_arch(cfg)
         head = DINOHead(m.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim, norm_last_layer=sc.norm_last_layer)
         return Teacher(build_vit(arch), head)
     if not sc.init:
