@@ -41,8 +41,7 @@ def test_substep_plan_uneven_batch():
 
 
 def test_substep_plan_rejects_bad_settings():
-    with pytest.raises(ConfigError, match="multiple of skt_factor"):
-        substep_plan(256, 16, 3)
+    assert sum(skt is not None for _, skt in substep_plan(256, 16, 3)) == 5  # G % s != 0 runs, as official
     with pytest.raises(ConfigError, match=r"batch_size \(8\) must be >= accum_steps \(16\)"):
         substep_plan(8, 16, 2)
     with pytest.raises(ConfigError):

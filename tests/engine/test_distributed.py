@@ -22,8 +22,9 @@ JOB = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     from tvt import config
-    from tvt.engine import train_dino, train_tvt
-    from tvt.engine.distributed import cleanup, gather_rows, rank_and_world, shard_dataset
+    from tvt.cli import main
+    from tvt.engine import train_tvt
+    from tvt.distributed import cleanup, gather_rows, rank_and_world, shard_dataset
     from tvt.eval.extract import extract_features
 
     args = json.loads(Path(sys.argv[1]).read_text())
@@ -38,7 +39,8 @@ JOB = textwrap.dedent('''
     local = np.stack([ds[i][0].numpy() * 2 for i in shard.indices]) if len(shard) else np.zeros((0, 2), np.float32)
     np.save(out / f"shard_{rank}.npy", local)
     np.save(out / f"gathered_{rank}.npy", gather_rows(local.astype(np.float32), len(ds)))
-    train_dino.train(config.load([], args["stage_a"]), resume=False, device="cpu", progress=False)
+    sets = [x for o in args["stage_a"] for x in ("--set", o)]
+    assert main(["pretrain-sketch", *sets, "--device", "cpu", "--no-progress", "--no-resume"]) == 0
     cleanup()
 ''')
 
@@ -80,15 +82,20 @@ def test_two_gloo_processes_equal_virtual_ranks(dist_overrides, tmp_path):
     from tvt.engine.train_tvt import train
 
     real, virt, stage_a = tmp_path / "real", tmp_path / "virtual", tmp_path / "stage_a_dist"
+    # stage A: 2 ranks x 4 images, 2 sub-batches each; clipping small enough to act on every partial sum
     a_over = [o for o in dist_overrides if not o.startswith("sketch.output_dir")] + [
-        "sketch.init=random", "sketch.modality=photo", "sketch.epochs=1", "sketch.max_steps_per_epoch=1",
-        "sketch.batch_size=4", f"sketch.output_dir={stage_a}"]
+        "sketch.init=random", "sketch.modality=photo", "sketch.epochs=1", "sketch.max_steps_per_epoch=2",
+        "sketch.batch_size=4", "sketch.drop_path_rate=0", "sketch.clip_grad=0.02", "sketch.lr=0.05",
+        "sketch.warmup_epochs=0", "sketch.freeze_last_layer=0"]
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"out": str(tmp_path), "tvt": dist_overrides + [f"train.output_dir={real}"],
-                                "stage_a": a_over}))
+                                "stage_a": a_over + [f"sketch.output_dir={stage_a}"]}))
     (tmp_path / "job.py").write_text(JOB)
     proc = _torchrun(tmp_path / "job.py", args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("selected checkpoint:") == 1  # only rank 0 reports
+    assert "Grad strides do not match" not in proc.stderr
+    assert proc.stderr.count("student temperature 4 ") == 1  # [Q41] logged once, = the per-process batch
 
     cfg = config.load([], dist_overrides + [f"train.output_dir={virt}", "train.virtual_world_size=2"])
     train(cfg, resume=False, device="cpu", progress=False)
@@ -122,8 +129,29 @@ def test_two_gloo_processes_equal_virtual_ranks(dist_overrides, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"gathered_{r}.npy"), want)
 
     state_a = torch.load(stage_a / "checkpoint.pth", weights_only=True)
-    assert state_a["epoch"] == 1 and not list(stage_a.glob("*.tmp"))
+    assert state_a["epoch"] == 1 and not list(stage_a.glob("*.tmp")) and state_a["student_temp"] == 4
     assert sum(json.loads(x)["type"] == "epoch" for x in (stage_a / "log.jsonl").read_text().splitlines()) == 1
+    _compare_stage_a(state_a, a_over, tmp_path)
+
+
+def _compare_stage_a(real: dict, overrides: list[str], tmp_path: Path) -> None:
+    """Stage A with sketch.virtual_world_size=2 in one process equals the 2-process run; one process
+    with the same 8 images per step but without the emulation does not."""
+    from tvt.engine.train_dino import train
+
+    def run(name: str, *extra: str) -> dict:
+        train(config.load([], overrides + [f"sketch.output_dir={tmp_path / name}", *extra]), resume=False,
+              device="cpu", progress=False)
+        return torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)
+
+    virt = run("stage_a_virtual", "sketch.virtual_world_size=2")
+    plain = run("stage_a_plain", "sketch.batch_size=8", "sketch.accum_steps=4", "sketch.student_temp=4",
+                "sketch.lr=0.1")  # same peak LR (0.05 x 8 / 256 x 2 ranks), same sub-batches of 2
+    torch.testing.assert_close(virt["dino_loss"]["center"], real["dino_loss"]["center"], rtol=1e-4, atol=1e-6)
+    dist = lambda a, b: sum(float((a["student"][k] - b["student"][k]).pow(2).sum()) for k in a["student"]) ** 0.5  # noqa: E731
+    assert dist(virt, real) < 1e-3 * dist(plain, real), (dist(virt, real), dist(plain, real))
+    for k in real["teacher"]:
+        torch.testing.assert_close(virt["teacher"][k], real["teacher"][k], rtol=1e-3, atol=1e-5, msg=k)
 
 
 def test_virtual_loader_matches_distributed_sampler(tiny_overrides):
@@ -131,12 +159,12 @@ def test_virtual_loader_matches_distributed_sampler(tiny_overrides):
     from torch.utils.data import DistributedSampler
 
     from tvt.engine.sampling import ResumablePairedLoader, VirtualRankLoader
-    from tvt.engine.train_tvt import _datasets
+    from tvt.engine.train_tvt import datasets
     from tvt.data.layout import load_split
 
     cfg = config.load([], tiny_overrides)
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
-    photos, sketches = _datasets(cfg, split)
+    photos, sketches = datasets(cfg, split)
     make = lambda r: ResumablePairedLoader(photos, sketches, 4, 2, seed=0, rank=r, world_size=2)  # noqa: E731
     virtual = VirtualRankLoader([make(0), make(1)])
     virtual.set_epoch(3)
@@ -160,7 +188,6 @@ def test_virtual_loss_gradient_is_ddp_average():
 
     import torch.nn.functional as F
 
-    from tvt.engine.tvt_step import virtual_tvt_loss
     from tvt.losses.dino import DINOCenter
     from tvt.losses.hypersphere import CenterAlignment, uniformity
     from tvt.losses.objective import tvt_loss
@@ -180,8 +207,8 @@ def test_virtual_loss_gradient_is_ddp_average():
     out = SimpleNamespace(dino_logits=v_leaves[0], cls_logits=v_leaves[1], f=F.normalize(v_leaves[2], dim=1))
     ca_v, dc_v = CenterAlignment(C, D), DINOCenter(K)
     ca_v.load_state_dict(ca0.state_dict())
-    obj, logs = virtual_tvt_loss(out, t, y, "img", W, dino_center=dc_v, ca=ca_v, **kw)
-    obj.backward()
+    logs = tvt_loss(out, t, y, "img", dino_center=dc_v, ca=ca_v, ranks=W, **kw)
+    logs["objective"].backward()
 
     # reference: per rank r, its own rows with gradient, CA over all rows (others constant) x W
     grads = [torch.zeros_like(v) for v in (dl, cl, fe)]
@@ -196,7 +223,7 @@ def test_virtual_loss_gradient_is_ddp_average():
         terms = tvt_loss(own, t[rows], y[rows], "img", dino_center=dc_r, ca=CenterAlignment(C, D),
                          use_align_uniform=False, **kw)
         f_g = torch.cat([f_all[i * b:(i + 1) * b] if i == r else f_all[i * b:(i + 1) * b].detach() for i in range(W)])
-        loss_r = terms["loss"] + 1.5 * 0.25 * uniformity(f_r) + 1.5 * W * ca_r(f_g, y, "img")
+        loss_r = terms["objective"] + 1.5 * 0.25 * uniformity(f_r) + 1.5 * W * ca_r(f_g, y, "img")
         loss_r.backward()
         for g, leaf in zip(grads, ls):
             g += leaf.grad / W  # DDP averages gradients over ranks
@@ -209,7 +236,7 @@ def test_virtual_loss_gradient_is_ddp_average():
 
 
 def test_shard_bounds_partition():
-    from tvt.engine.distributed import shard_bounds
+    from tvt.distributed import shard_bounds
 
     for n in (0, 1, 7, 64):
         for w in (1, 2, 3, 8):
@@ -220,14 +247,16 @@ def test_shard_bounds_partition():
 
 
 def test_virtual_world_size_refused_with_torchrun_and_bad_values(dist_overrides):
-    from tvt.engine.distributed import DistInfo
-    from tvt.engine.train_tvt import _check
+    from tvt.distributed import DistInfo
+    from tvt.engine import train_dino, train_tvt
     from tvt.errors import ConfigError
 
-    cfg = config.load([], dist_overrides + ["train.virtual_world_size=2"])
-    _check(cfg, DistInfo())
+    cfg = config.load([], dist_overrides + ["train.virtual_world_size=2", "sketch.virtual_world_size=2"])
+    train_tvt.check_config(cfg, DistInfo())
     with pytest.raises(ConfigError, match="virtual_world_size"):
-        _check(cfg, DistInfo(rank=0, world_size=2))
-    cfg.train.virtual_world_size = 0
-    with pytest.raises(ConfigError, match="virtual_world_size"):
-        _check(cfg, DistInfo())
+        train_tvt.check_config(cfg, DistInfo(rank=0, world_size=2))
+    with pytest.raises(ConfigError, match="sketch.virtual_world_size"):
+        train_dino.check_config(cfg, DistInfo(rank=0, world_size=2), "fp32")
+    for key in ("train", "sketch"):
+        with pytest.raises(ConfigError, match=f"{key}.virtual_world_size: must be >= 1"):
+            config.load([], [f"{key}.virtual_world_size=0"])

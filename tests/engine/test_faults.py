@@ -102,7 +102,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_bit_exact(ref, tmp_path, monkeypa
     base, ref_dir, _ = ref
     sets = [x for o in _at(base, tmp_path) for x in ("--set", o)]
     before = signal.getsignal(signal.SIGTERM)
-    _signal_after(monkeypatch, tt, "train_step", 2, signal.SIGTERM)
+    _signal_after(monkeypatch, tt.TVTTask, "step", 2, signal.SIGTERM)
     # 130: the CLI's KeyboardInterrupt status; 143 = 128 + SIGTERM once the CLI uses exc.exit_code
     assert main(["train", *sets, "--device", "cpu", "--no-progress"]) in (130, 143)
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
@@ -122,7 +122,7 @@ def test_training_interrupted_exception(ref, tmp_path, monkeypatch):
     from tvt.engine.faults import TrainingInterrupted
 
     base, _, _ = ref
-    _signal_after(monkeypatch, tt, "train_step", 3, signal.SIGINT)  # last step of epoch 0
+    _signal_after(monkeypatch, tt.TVTTask, "step", 3, signal.SIGINT)  # last step of epoch 0
     with pytest.raises(TrainingInterrupted) as info:
         tt.train(config.load([], _at(base, tmp_path)), resume=False, device="cpu", progress=False)
     assert info.value.exit_code == 130 and (info.value.epoch, info.value.step) == (1, 0)
@@ -136,13 +136,13 @@ KILL_JOB = textwrap.dedent('''
     torch.set_num_threads(2)
     from tvt import config
     import tvt.engine.train_tvt as tt
-    real, calls = tt.train_step, [0]
+    real, calls = tt.TVTTask.step, [0]
     def step(*a, **k):
         calls[0] += 1
         if calls[0] == 5:  # epoch 1, step 1: never finishes
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
-    tt.train_step = step
+    tt.TVTTask.step = step
     tt.train(config.load([], sys.argv[1:]), resume=False, device="cpu", progress=False)
 ''')
 
@@ -208,7 +208,7 @@ def test_stage_a_sigterm_resume_is_bit_exact(ref, tmp_path, monkeypatch):
 
     base, _, ref_a = ref
     cfg = config.load([], _at(base, tmp_path))
-    _signal_after(monkeypatch, td, "_step", 1, signal.SIGTERM)
+    _signal_after(monkeypatch, td.SketchTask, "step", 1, signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as info:
         td.train(cfg, resume=False, device="cpu", progress=False)
     assert (info.value.epoch, info.value.step, info.value.exit_code) == (0, 1, 143)

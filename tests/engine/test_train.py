@@ -48,24 +48,19 @@ def test_stage_a_checkpoint_and_ema(teachers):
 
 
 def test_ema_update_matches_formula(tiny_overrides):
+    """After one public stage-A step the teacher is m * old teacher + (1 - m) * new student."""
     from tvt.engine import train_dino
-    from tvt.losses.dino import DINOCenter
 
-    cfg = _cfg(tiny_overrides, "sketch.init=random", "sketch.clip_grad=0")
-    torch.manual_seed(0)
-    teacher = train_dino.build_teacher(cfg)
-    student = copy.deepcopy(teacher)
-    teacher.requires_grad_(False)
-    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
-    crops = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)]
-    sched = {"lr": [1e-2], "wd": [0.0], "m": [0.9], "tt": [0.04, 0.04]}
-    center = DINOCenter(64, names=("center",))
-    train_dino._step(student, student, teacher, center, opt, crops, sched, cfg.sketch, 1, 0, torch.device("cpu"))
-    s1 = student.state_dict()
-    for name, p in teacher.named_parameters():
-        torch.testing.assert_close(p, 0.9 * t0[name] + 0.1 * s1[name])
-    assert center.center("center").abs().sum() > 0
+    cfg = _cfg(tiny_overrides, "sketch.init=random", "sketch.modality=photo", "sketch.clip_grad=0")
+    task = train_dino.build(cfg, "cpu")
+    t0 = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    batch = next(iter(task.batches(0, 0)))
+    task.step(batch, epoch=1, it=3)
+    m = float(task.momentum[3])
+    s1 = task.student.state_dict()
+    for name, p in task.teacher.named_parameters():
+        torch.testing.assert_close(p, m * t0[name] + (1 - m) * s1[name])
+    assert task.center.center("center").abs().sum() > 0
 
 
 def test_stage_b_runs_logs_and_checkpoints(teachers):
@@ -96,17 +91,16 @@ def test_resume_equals_uninterrupted(teachers, tmp_path):
     part = copy.deepcopy(cfg)
     part.train.output_dir = str(tmp_path / "part")
     part.train.epochs = 2
-    # interrupt after epoch 1 by training a 1-epoch run with the same schedule length, then resume
-    import tvt.engine.train_tvt as tt
-
+    # stop after epoch 1 by running one epoch of the shared loop by hand, then resume
+    from tvt.engine import checkpoint as ckpt
+    from tvt.engine import loop, train_tvt
     from tvt.engine.common import JsonlLogger
-    from tvt.engine.tvt_state import save
 
-    run = tt.build_run(part, "cpu")
+    task = train_tvt.build(part, "cpu")
     log = JsonlLogger(Path(part.train.output_dir) / "log.jsonl")
-    tt.run_epoch(run, 0, run.n_iter, log, progress=False)
-    save(run, 1)
-    del run
+    loop.run_epoch(task, 0, log, progress=False)
+    ckpt.save_run_files(task.state_dict(1), task.out_dir, 1, 0, 1)
+    del task
     b = torch.load(train(part, resume=True, device="cpu", progress=False), weights_only=True)
     assert b["epoch"] == a["epoch"] == 2
     for k in a["student"]:
@@ -119,16 +113,16 @@ def test_optimizer_steps_reduce_loss(teachers):
     """A few optimizer steps lower the total loss on a fixed batch, measured with frozen centres."""
     import numpy as np
 
-    import tvt.engine.train_tvt as tt
+    from tvt.engine import train_tvt
     from tvt.losses.objective import tvt_loss
 
     cfg, _, _ = teachers
-    run = tt.build_run(cfg, "cpu")
-    run.sched.lr = np.full_like(run.sched.lr, 2e-3)
-    run.sched.w_t = np.full_like(run.sched.w_t, 2.0)
-    run.sched.teacher_temp = np.full_like(run.sched.teacher_temp, 0.07)
-    batch = next(iter(run.loader))
-    tt.train_step(run, batch, epoch=1, it=0)  # centres get non-zero values
+    run = train_tvt.build(cfg, "cpu")
+    run.lr = np.full_like(run.lr, 2e-3)
+    run.w_t = np.full_like(run.w_t, 2.0)
+    run.teacher_temp = np.full_like(run.teacher_temp, 0.07)
+    batch = next(iter(run.batches(0, 0)))
+    run.step(batch, epoch=1, it=0)  # centres get non-zero values
     frozen = (copy.deepcopy(run.dino_center.state_dict()), copy.deepcopy(run.ca.state_dict()))
 
     @torch.no_grad()
@@ -144,7 +138,7 @@ def test_optimizer_steps_reduce_loss(teachers):
 
     before = total()
     for _ in range(5):
-        tt.train_step(run, batch, epoch=1, it=0)
+        run.step(batch, epoch=1, it=0)
     after = total()
     assert after < before, (before, after)
 
@@ -209,55 +203,11 @@ def test_decoded_image_cache_gives_identical_training(teachers, tmp_path):
     assert any((tmp_path / "cache").rglob("*.npy"))
 
 
-def test_stage_b_multicrop_runs_with_instance_alignment(teachers, tmp_path):
-    """Two global + two local crops: the teacher sees the global crops, instance alignment is logged."""
-    import tvt.engine.train_tvt as tt
-    from tvt.engine.tvt_step import train_step
-    from tvt.losses.objective import tvt_loss
-
-    cfg, _, _ = teachers
-    cfg = copy.deepcopy(cfg)
-    cfg.train.output_dir = str(tmp_path / "mc")
-    cfg.data.global_crops, cfg.data.local_crops, cfg.data.local_crops_size = 2, 2, 16
-    run = tt.build_run(cfg, "cpu")
-    run.loader.set_epoch(0)
-    photos, y_img, sketches, y_skt = next(iter(run.loader))
-    assert [c.shape[-1] for c in photos] == [32, 32, 16, 16]
-    # Reference for the first photo sub-batch, computed before the step from the same state.
-    b = photos[0].shape[0] // cfg.train.accum_steps
-    x = [c[:b] for c in photos]
-    center, ca = copy.deepcopy(run.dino_center), copy.deepcopy(run.ca)
-    with torch.no_grad():
-        t = [run.teacher_img(c) for c in x[:2]]
-        outs = [run.bare_student(c, "img") for c in x]
-        ref = tvt_loss(outs[0], t, y_img[:b], "img", dino_center=center, ca=ca,
-                       teacher_temp=float(run.sched.teacher_temp[0]), w_t=float(run.sched.w_t[0]),
-                       extra_crops=outs[1:])
-    from tvt.engine import tvt_step
-
-    seen = []
-    original = tvt_step.tvt_loss
-
-    def spy(*args, **kw):
-        res = original(*args, **kw)
-        seen.append(res)
-        return res
-
-    tvt_step.tvt_loss = spy
-    try:
-        sums = train_step(run, (photos, y_img, sketches, y_skt), 0, 0)
-    finally:
-        tvt_step.tvt_loss = original
-    assert "loss/inst" in sums and sums["loss/inst"] > 0
-    torch.testing.assert_close(seen[0]["loss"].detach(), ref["loss"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(seen[0]["loss/inst"], ref["loss/inst"], rtol=1e-5, atol=1e-6)
-
-
 def test_multicrop_with_virtual_ranks_is_refused(teachers):
-    import tvt.engine.train_tvt as tt
+    from tvt.engine import train_tvt
     from tvt.errors import ConfigError
 
     cfg = copy.deepcopy(teachers[0])
     cfg.data.global_crops, cfg.train.virtual_world_size = 2, 2
     with pytest.raises(ConfigError, match="one crop per image"):
-        tt.build_run(cfg, "cpu")
+        train_tvt.build(cfg, "cpu")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvt.losses import _dist
+from tvt import distributed as _dist
 from tvt.losses.hypersphere import CenterAlignment, instance_alignment, uniformity
 
 

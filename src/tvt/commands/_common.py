@@ -17,3 +17,10 @@ def load_config(args: argparse.Namespace):
     from tvt import config
 
     return config.load(args.config, args.overrides)
+
+
+def is_main() -> bool:
+    """True on rank 0 of a torchrun launch, and in a plain single-process run."""
+    from tvt.distributed import rank_and_world
+
+    return rank_and_world()[0] == 0

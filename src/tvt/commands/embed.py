@@ -84,7 +84,7 @@ def _save_atomic(array, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tvt.engine.distributed import pick_device
+    from tvt.distributed import pick_device
     from tvt.errors import InputError
     from tvt.models.weights import load_encoder
 

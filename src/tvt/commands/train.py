@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tvt.commands._common import add_config_arguments, load_config
+from tvt.commands._common import add_config_arguments, is_main, load_config
 
 HELP = "train the fusion ViT (stage B) from a frozen image teacher and sketch teacher"
 
@@ -22,5 +22,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     path = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
-    print(f"checkpoint: {path}")
+    if is_main():  # under torchrun only rank 0 reports
+        print(f"checkpoint: {path}")
     return 0

@@ -19,15 +19,13 @@ def substep_plan(batch_size: int, accum_steps: int, skt_factor: int) -> list[tup
     when ``(i+1) % skt_factor == 0`` it also takes sketch rows ``[(k-1)*b, k*b)`` with
     ``k = (i+1) // skt_factor``, else ``None``. If ``B % G != 0`` there are
     ``G + ceil((B % G) / b)`` sub-steps and the last photo slice is shorter (spec §1.7). Sketch
-    slices are clipped to the sketch batch ``B // skt_factor``; a sub-step whose sketch slice
-    would be empty gets ``None`` (the official loop would run an empty sketch batch there).
+    slices are clipped to the sketch batch ``B // skt_factor`` (with these slices none is ever empty).
+    ``accum_steps`` need not be a multiple of ``skt_factor``: as in the official loop, the sub-steps
+    after the last full group of ``skt_factor`` have no sketch slice.
     """
     for name, value in (("batch_size", batch_size), ("accum_steps", accum_steps), ("skt_factor", skt_factor)):
         if int(value) != value or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if accum_steps % skt_factor != 0:
-        raise ConfigError(f"accum_steps ({accum_steps}) must be a multiple of skt_factor ({skt_factor}): "
-                          "each sketch sub-batch pairs with skt_factor photo sub-batches")
     if batch_size < accum_steps:
         raise ConfigError(f"batch_size ({batch_size}) must be >= accum_steps ({accum_steps}): "
                           "each sub-step needs at least one image")

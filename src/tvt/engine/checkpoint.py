@@ -9,7 +9,9 @@ replaces as ``checkpoint-prev.pth``, so one older good checkpoint survives even 
 ``checkpoint.pth`` is unreadable, and says so.
 
 A checkpoint records its position as ``epoch`` (epochs completed) and ``step`` (optimizer steps
-completed inside epoch ``epoch``; 0 or absent at an epoch boundary).
+completed inside epoch ``epoch``; 0 or absent at an epoch boundary). Every file written here also
+holds ``checksum``, a CRC-32 of its content (tensor bytes included), verified on load: one changed
+byte makes the file count as damaged, and resume falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import random
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tvt.errors import CheckpointError
+from torch import nn
+
+from tvt.errors import CheckpointError, ConfigError
 
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint-prev.pth"
@@ -51,8 +56,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+CHECKSUM = "checksum"
+
+
+def _crc(obj: Any, crc: int) -> int:
+    """CRC-32 of a checkpoint value: nested dicts (keys sorted), lists, tensors (dtype, shape, bytes)."""
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            crc = _crc(obj[key], zlib.crc32(repr(key).encode(), crc))
+        return crc
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            crc = _crc(item, crc)
+        return zlib.crc32(b"]", crc)
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        crc = zlib.crc32(f"{t.dtype}{tuple(obj.shape)}".encode(), crc)
+        return zlib.crc32(t.view(torch.uint8).numpy().data if t.numel() else b"", crc)
+    return zlib.crc32(repr(obj).encode(), crc)
+
+
+def checksum(obj: dict[str, Any]) -> str:
+    """The CRC-32 (8 hex digits) of everything in ``obj`` but its own ``checksum`` entry."""
+    return f"{_crc({k: v for k, v in obj.items() if k != CHECKSUM}, 0):08x}"
+
+
 def _write_tmp(obj: dict[str, Any], path: Path) -> Path:
-    """Write ``obj`` to ``<path>.tmp`` (flushed, fsynced); the temp file is removed on any failure."""
+    """Write ``obj`` (plus its checksum) to ``<path>.tmp`` (flushed, fsynced); removed on any failure."""
+    obj = {**obj, CHECKSUM: checksum(obj)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -123,6 +154,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {detail})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict")
+    if CHECKSUM in obj and obj[CHECKSUM] != checksum(obj):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the checksum stored with it")
     return obj
 
 
@@ -218,12 +251,31 @@ def save_run_files(state: dict[str, Any], run_dir: str | Path, epoch: int, step:
     return path
 
 
-def open_run(run_dir: Path, resume: bool, load: Any, is_main: bool, what: str) -> Position:
+def open_run(run_dir: Path, resume: bool, load: Any) -> tuple[Position, Path | None]:
     """Resume position from the run directory's latest readable checkpoint (``load(state) ->
-    Position``), or the start when there is none or ``resume`` is off."""
+    Position``) and that file, or the start and None when there is none or ``resume`` is off.
+
+    A checkpoint that does not fit this run (``load`` raises ConfigError) is named in the error.
+    """
     if resume and (found := load_latest(run_dir)) is not None:
-        pos = load(found[0])
-        if is_main:
-            print(f"tvt: resuming from {found[1]} ({what}) at epoch {pos.epoch}, step {pos.step}", file=sys.stderr)
-        return pos
-    return Position()
+        try:
+            return load(found[0]), found[1]
+        except ConfigError as exc:
+            raise ConfigError(f"{found[1]} does not fit this run: {exc}. Use another output_dir, delete the "
+                              "checkpoint, or start over with --no-resume") from None
+    return Position(), None
+
+
+def load_matching(module: nn.Module, state_dict: dict[str, Any], what: str) -> None:
+    """``module.load_state_dict(state_dict)``, with a ConfigError saying which tensors differ in size
+    or are missing (e.g. a checkpoint of another model width) instead of PyTorch's traceback."""
+    own = module.state_dict()
+    sized = [f"{k} is {tuple(v.shape)} there, {tuple(own[k].shape)} here" for k, v in state_dict.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    missing, extra = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    problems = sized[:3] + ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+        [f"unexpected {', '.join(extra[:3])}"] if extra else [])
+    if problems:
+        raise ConfigError(f"the {what} has another architecture than this run's model ({len(sized)} tensors differ "
+                          f"in size: {'; '.join(problems)})")
+    module.load_state_dict(state_dict)

@@ -81,6 +81,18 @@ def param_groups(model: nn.Module, backbone_lr_mult: float | None) -> list[dict[
     return groups
 
 
+def set_drop_path(vit: nn.Module, rate: float) -> None:
+    """Linear stochastic-depth rates rate * i / (depth - 1) on a timm ViT's blocks (spec §2.1)."""
+    from timm.layers import DropPath
+
+    depth = len(vit.blocks)
+    for i, blk in enumerate(vit.blocks):
+        p = rate * i / max(depth - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            if hasattr(blk, name):
+                setattr(blk, name, DropPath(p) if p > 0 else nn.Identity())
+
+
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)

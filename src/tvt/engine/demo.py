@@ -74,7 +74,7 @@ def run_demo(out: str | Path, *, seed: int = 0, classes: int = 30, device: str =
     """Run the demo into ``out``; returns {model: metrics} and writes metrics.json + retrievals.png."""
     from tvt.data.layout import load_split
     from tvt.data.synth import generate
-    from tvt.engine.distributed import pick_device
+    from tvt.distributed import pick_device
     from tvt.engine.train_tvt import train
 
     out = Path(out)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tvt.engine.distributed import all_reduce_max
+from tvt.distributed import all_reduce_max
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -199,3 +199,36 @@ class VirtualRankLoader:
     def _concat(iterators: list[Iterator]) -> Iterator:
         for parts in zip(*iterators):
             yield tuple(_cat([p[k] for p in parts]) for k in range(4))
+
+
+class RankLoaders:
+    """Stage-A batches of ``W`` virtual ranks [Q21]: one :func:`make_loader` per rank ``r`` of ``W``,
+    each batch the ranks' batches concatenated in rank order (crops: rows ``[r*B, (r+1)*B)``).
+    With one loader it is that loader with ``set_epoch`` / ``skip``."""
+
+    def __init__(self, loaders: list[DataLoader]) -> None:
+        self.loaders = loaders
+        self.batch_size = int(loaders[0].batch_size or 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.loaders:
+            loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            if isinstance(loader.dataset, SeededDataset):
+                loader.dataset.set_epoch(epoch)
+
+    def skip(self, steps: int) -> None:
+        for loader in self.loaders:
+            loader.sampler.start = steps * self.batch_size  # type: ignore[union-attr]
+
+    def full_len(self) -> int:
+        return min(loader.sampler.num_samples // self.batch_size for loader in self.loaders)  # type: ignore[union-attr]
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        if len(self.loaders) == 1:
+            return ((_crops(x), y) for x, y in self.loaders[0])
+        return self._concat([iter(loader) for loader in self.loaders])
+
+    @staticmethod
+    def _concat(iterators: list[Iterator]) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        for parts in zip(*iterators):
+            yield _cat([_crops(p[0]) for p in parts]), torch.cat([p[1] for p in parts])

@@ -105,3 +105,17 @@ def teacher_temp_schedule(
     warm = np.linspace(warmup_temp, temp, warmup_epochs)
     rest = np.full(max(epochs - warmup_epochs, 0), float(temp))
     return np.concatenate([warm, rest])[:epochs].astype(np.float64)
+
+
+def accumulation_slices(batch_size: int, accum_steps: int) -> list[slice]:
+    """Sub-batch rows of one optimizer step, as the official loops cut them.
+
+    ``b = batch_size // accum_steps`` rows each; when ``batch_size % accum_steps != 0`` there are
+    ``G' = accum_steps + ceil(remainder / b)`` sub-batches and the last is shorter. Each sub-batch
+    loss is divided by ``G'`` (stage A); stage B divides by ``G' + G'/skt_factor``.
+    """
+    if batch_size < 1 or accum_steps < 1 or accum_steps > batch_size:
+        raise ConfigError(f"accum_steps ({accum_steps}) must be between 1 and the batch size ({batch_size})")
+    b = batch_size // accum_steps
+    steps = accum_steps + -(-(batch_size % accum_steps) // b)
+    return [slice(i * b, min((i + 1) * b, batch_size)) for i in range(steps)]

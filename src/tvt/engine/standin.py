@@ -28,7 +28,7 @@ from tvt.data.layout import load_split
 from tvt.data.transforms import augment_pipeline
 from tvt.engine import checkpoint as ckpt
 from tvt.engine.common import config_arch, seed_everything
-from tvt.engine.distributed import pick_device
+from tvt.distributed import pick_device
 from tvt.models.heads import DINOHead
 from tvt.models.vit import build_vit
 from tvt.models.wrappers import Teacher

@@ -156,7 +156,7 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
 def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progress: bool = True,
              name: str = "tvt") -> dict[str, Any]:
     """Evaluate a checkpoint (TVT student or a plain ViT) on the split of ``cfg``; write reports."""
-    from tvt.engine.distributed import setup
+    from tvt.distributed import setup
     from tvt.models.weights import load_encoder, read_checkpoint
 
     info = setup(device)  # torchrun: features sharded over ranks, reports from rank 0
@@ -186,7 +186,7 @@ def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = Fal
 
     The official protocol keeps the query in the gallery [Q32]; ``exclude_self`` removes it.
     """
-    from tvt.engine.distributed import setup
+    from tvt.distributed import setup
     from tvt.models.weights import load_encoder, read_checkpoint
 
     dev = setup(device).device

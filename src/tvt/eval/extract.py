@@ -73,7 +73,7 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Da
     path) and ``key`` (a fingerprint of what determines the features), work is resumable. Under
     torchrun every rank encodes a contiguous shard and every rank gets all rows in dataset order.
     """
-    from tvt.engine.distributed import gather_rows, rank_and_world, shard_dataset
+    from tvt.distributed import gather_rows, rank_and_world, shard_dataset
 
     rank, world = rank_and_world()
     if world > 1 and not _sharded:

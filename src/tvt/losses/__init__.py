@@ -3,7 +3,7 @@
 from tvt.losses.classification import smoothed_cross_entropy
 from tvt.losses.dino import DINOCenter, dino_loss
 from tvt.losses.hypersphere import CenterAlignment, instance_alignment, uniformity
-from tvt.losses.objective import StudentOutputLike, tvt_loss
+from tvt.losses.objective import StudentOutputLike, sketch_dino_loss, tvt_loss
 
 __all__ = [
     "CenterAlignment",
@@ -11,6 +11,7 @@ __all__ = [
     "StudentOutputLike",
     "dino_loss",
     "instance_alignment",
+    "sketch_dino_loss",
     "smoothed_cross_entropy",
     "tvt_loss",
     "uniformity",

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tvt.losses import _dist
+from tvt import distributed as _dist
 
 
 def dino_loss(

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tvt.losses import _dist
+from tvt import distributed as _dist
 
 MODALITIES: tuple[str, ...] = ("img", "skt")
 

@@ -1,4 +1,12 @@
-"""The TVT stage-B objective for one sub-batch of one modality (spec §4.1, §4.6)."""
+"""The training objectives, assembled in one place: stage A (DINO, spec §5) and stage B (TVT, §4.1).
+
+Nothing else combines loss terms. Both functions return named terms for logging
+(``{"loss": ..., "loss/kd": ...}``) and ``"objective"``, the differentiable tensor to
+back-propagate. The DINO centres (:class:`DINOCenter`) and the class centres
+(:class:`CenterAlignment`) are passed in and move inside the call, after the loss used their old
+values, as in the official code. [Q21] per-rank blocks are an argument (``ranks``): one process
+then plays ``ranks`` ranks of a ``torchrun`` run.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,23 @@ class StudentOutputLike(Protocol):
     f: torch.Tensor  # [N, D] L2-normalised fused embedding
 
 
+def sketch_dino_loss(student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor], center: DINOCenter,
+                     teacher_temp: float, student_temp: float, *, update: bool = True) -> dict[str, torch.Tensor]:
+    """Stage-A loss of one sub-batch (spec §5): DINO over every (teacher crop, other student crop) pair.
+
+    Args:
+        student_out: one [N, K] tensor per crop (2 global + local crops).
+        teacher_out: one [N, K] tensor per global crop (the teacher sees the 2 global crops [Q40]).
+        center: the single ``center`` buffer; moved from ``teacher_out`` afterwards when ``update``.
+        teacher_temp: τ_t of this epoch. student_temp: τ_s (official: the per-GPU batch [Q41]).
+        update: False when the caller moves the centre once for several virtual ranks.
+    """
+    kd = dino_loss(list(student_out), list(teacher_out), center.center("center"), teacher_temp, student_temp)
+    if update:
+        center.update("center", torch.cat([t.detach() for t in teacher_out]))
+    return {"objective": kd, "loss": kd.detach(), "loss/kd": kd.detach()}
+
+
 def _uni_weight(w_t: float, align_weight: float) -> float:
     # w_t ramps 0 -> λ, so the uniformity coefficient ramps 0 -> 0.5 (spec §4.1). λ = 0 means
     # the schedule is identically 0; guard the 0/0.
@@ -28,7 +53,7 @@ def _uni_weight(w_t: float, align_weight: float) -> float:
 
 def tvt_loss(
     out: StudentOutputLike,
-    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor,
     labels: torch.Tensor,
     modality: str,
     *,
@@ -36,60 +61,68 @@ def tvt_loss(
     ca: CenterAlignment,
     teacher_temp: float,
     w_t: float,
+    n_crops: int = 1,
+    global_crops: int = 1,
     align_weight: float = 2.0,
     use_align_uniform: bool = True,
     smoothing: float = 0.1,
     student_temp: float = 0.1,
-    extra_crops: Sequence[StudentOutputLike] | None = None,
+    ranks: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """``L = L_KD + L_CLS + (w_t 0.5 / λ) L_UNI + w_t L_CA`` for one sub-batch (spec §4.1).
+    """Stage-B loss of one sub-batch of one modality, as ``main_myvit.train_one_epoch`` forms it.
+
+    ``L = L_KD + L_CLS + (w_t 0.5/λ) L_UNI + w_t L_CA`` (spec §4.1), and with several crops:
+
+    * L_KD pairs every teacher crop with every *other* student crop (one crop: the same view);
+    * L_CLS is averaged over crops; L_UNI is one term over the rows of all crops together; L_CA
+      sees all crops with labels repeated;
+    * [Q7] when ``global_crops > 1``: instance alignment over all crops is added with weight 1,
+      and L_UNI and L_CA are added whatever ``use_align_uniform`` says.
 
     Args:
-        out: student output for the (first) crop: dino_logits [N, K], cls_logits [N, C], f [N, D].
-        teacher_logits: the frozen teacher's [N, K] logits of the same crop, or one [N, K]
-            tensor per teacher crop when ``extra_crops`` is given (teacher crop i = student crop i).
+        out: student output, crops stacked crop-major: dino_logits [n_crops*N, K], cls_logits
+            [n_crops*N, C], f [n_crops*N, D]. With ``ranks > 1`` (one crop only) the N rows are
+            ``ranks`` equal blocks in rank order.
+        teacher_logits: [T*N, K] frozen-teacher logits of the first T crops (T = n_crops: official;
+            T = global_crops: DINO's reading), crop-major.
         labels: [N] class indices.
         modality: "img" or "skt"; picks the DINO centre and the CA centres that move.
-        dino_center: DINO centres; the one of ``modality`` is updated AFTER the loss is formed.
-        ca: class-centre alignment module (its ``modality`` centres are updated).
-        teacher_temp: τ_t for this epoch. w_t: scheduled alignment weight (§4.7).
-        align_weight: λ. use_align_uniform: add L_UNI and L_CA (and update the CA centres).
-        extra_crops: student outputs of further global crops of the same rows. Then L_KD pairs
-            crops as DINO does, L_CLS and L_UNI are averaged over crops, L_CA sees all crops with
-            labels repeated, and instance alignment is added with weight 1 whatever
-            ``use_align_uniform`` says [Q7]. Uniformity per crop (not over the union of crops) is
-            this implementation's choice: the spec leaves the multi-crop case open.
+        dino_center, ca: the state; the ``modality`` centres move after the loss is formed.
+        teacher_temp: τ_t for this epoch. w_t: scheduled alignment weight (§4.7). align_weight: λ.
+        ranks: [Q21] virtual ranks. L_UNI is then the mean of the per-rank terms, L_CA sees the
+            ``N`` rows as the gathered batch, and the objective's gradient is the DDP average.
 
     Returns:
-        ``{"loss": total (with grad), "loss/kd", "loss/ce", "loss/uni", "loss/ca"}`` (components
-        detached; disabled terms are 0), plus ``"loss/inst"`` when several crops are given.
+        ``objective`` (differentiable) and the logged terms ``loss``, ``loss/kd``, ``loss/ce``,
+        ``loss/uni``, ``loss/ca`` (and ``loss/inst`` with several global crops), as one real rank
+        reports them (with ``ranks > 1``, ``loss/ca`` and ``loss`` carry the factor W of §4.5).
     """
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
-    crops = [out, *(extra_crops or [])]
-    if isinstance(teacher_logits, torch.Tensor):
-        teachers = [teacher_logits]
-    else:
-        teachers = list(teacher_logits)
-
-    kd = dino_loss(
-        [c.dino_logits for c in crops], teachers, dino_center.center(modality),
-        teacher_temp, student_temp,
-    )
-    ce = torch.stack([smoothed_cross_entropy(c.cls_logits, labels, smoothing) for c in crops])
-    ce = ce.mean()
-    total = kd + ce
+    if ranks > 1 and n_crops > 1:
+        raise ValueError("virtual ranks support one crop per image only")
+    d_crops, c_crops = out.dino_logits.chunk(n_crops), out.cls_logits.chunk(n_crops)
+    teachers = list(teacher_logits.chunk(teacher_logits.shape[0] // labels.shape[0]))
+    kd = dino_loss(list(d_crops), teachers, dino_center.center(modality), teacher_temp, student_temp)
+    ce = torch.stack([smoothed_cross_entropy(c, labels, smoothing) for c in c_crops]).mean()
+    objective = kd + ce
     zero = torch.zeros((), device=kd.device)
-    uni, ca_loss = zero, zero
-    if use_align_uniform:
-        uni = torch.stack([uniformity(c.f) for c in crops]).mean()
-        ca_loss = ca(torch.cat([c.f for c in crops]), labels.repeat(len(crops)), modality)
-        total = total + _uni_weight(w_t, align_weight) * uni + w_t * ca_loss
-    logs = {"loss/kd": kd, "loss/ce": ce, "loss/uni": uni, "loss/ca": ca_loss}
-    if len(crops) > 1:
-        inst = instance_alignment([c.f for c in crops])
-        total = total + inst
-        logs["loss/inst"] = inst
+    logs = {"loss/kd": kd, "loss/ce": ce, "loss/uni": zero, "loss/ca": zero}
+    multi_global = global_crops > 1
+    if use_align_uniform or multi_global:  # [Q7]
+        uni = (uniformity(out.f) if ranks == 1
+               else torch.stack([uniformity(f) for f in out.f.chunk(ranks)]).mean())
+        ca_loss = ca(out.f, labels.repeat(n_crops), modality)  # one process: the gathered batch, factor 1
+        objective = objective + _uni_weight(w_t, align_weight) * uni + w_t * ca_loss
+        logs["loss/uni"], logs["loss/ca"] = uni, ranks * ca_loss
+    if multi_global:
+        logs["loss/inst"] = instance_alignment(list(out.f.chunk(n_crops)))
+        objective = objective + logs["loss/inst"]
     # The centre moves only after this sub-batch's loss used the old value (DINO order).
-    dino_center.update(modality, torch.cat([t.detach() for t in teachers]))
-    return {"loss": total, **{k: v.detach() for k, v in logs.items()}}
+    dino_center.update(modality, teacher_logits.detach())
+    # logged total as a real rank reports it: its CA term carries the factor W (spec §4.5)
+    reported = objective + w_t * (ranks - 1) * (logs["loss/ca"] / ranks)
+    return {"objective": objective, "loss": reported.detach(), **{k: v.detach() for k, v in logs.items()}}
+
+
+__all__ = ["StudentOutputLike", "sketch_dino_loss", "tvt_loss"]

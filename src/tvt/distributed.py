@@ -1,4 +1,8 @@
-"""Process-group helpers that also work as a single process.
+"""Process groups and guarded collectives: the bottom layer, used by every package.
+
+Every function also works as a single process (no ``torch.distributed`` process group): the
+collectives then fall back to the identity, so losses, training and extraction run unchanged on
+one CPU, one GPU or under ``torchrun``.
 
 Launch with ``torchrun --nproc_per_node N tvt train ...`` (multi-node: ``--nnodes``,
 ``--rdzv_backend c10d --rdzv_endpoint HOST:PORT``): the usual environment variables (RANK,
@@ -55,11 +59,40 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def is_dist() -> bool:
+    """True when a default process group is initialised (and distributed is available)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_dist() else (0, 1)
+
+
+def world_size() -> int:
+    """Number of processes in the default group, 1 when not distributed."""
+    return rank_and_world()[1]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``t`` over all ranks (a new tensor; ``t`` is left untouched). No grad."""
+    out = t.detach().clone()
+    if is_dist():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_gather_with_grad_local(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` [N, ...] from every rank along dim 0 -> [N * world_size, ...].
+
+    Only this rank's slice keeps its autograd history; the slices of the other ranks are constants
+    (spec §4.5 step 1). Every rank must pass the same shape (drop_last loaders guarantee it).
+    """
+    if not is_dist():
+        return t
+    rank, world = rank_and_world()
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[rank] = t
+    return torch.cat(parts, dim=0)
 
 
 def barrier() -> None:
@@ -92,6 +125,18 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def _standard_strides(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with the row-major strides DDP's bucket views have.
+
+    The gradient of a token parameter such as [1, 1, D] arrives as a slice of a larger gradient
+    (strides [2D, D, 1]); the strides of its size-1 dimensions differ from the bucket view's, and
+    DDP warns "Grad strides do not match bucket view strides" on every backward.
+    """
+    if grad.stride() == torch.empty(grad.shape, device="meta").stride():
+        return grad
+    return grad.clone(memory_format=torch.contiguous_format)
+
+
 def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
     """DDP-wrap a *trained* model when there are several processes; the model itself otherwise.
 
@@ -100,6 +145,9 @@ def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = Fa
     """
     if info.world_size <= 1:
         return model
+    for p in model.parameters():
+        if p.requires_grad and p.dim() > 1 and 1 in p.shape:
+            p.register_hook(_standard_strides)
     ids = [info.local_rank] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
