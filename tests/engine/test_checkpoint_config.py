@@ -151,3 +151,17 @@ def test_new_config_keys_defaults():
     assert c.sketch.checkpoint_every_steps == 0 and c.data.per_sample_seed is True
     with pytest.raises(ConfigError):
         config.load([], ["train.virtual_world_size=two"])
+
+
+def test_checksum_stored_verified_and_optional(tmp_path):
+    obj = {"w": torch.arange(64, dtype=torch.float32), "h": torch.ones(3, dtype=torch.bfloat16), "s": 0,
+           "nested": {"b": torch.zeros(2, dtype=torch.bool), "name": "x"}}
+    path = ckpt.save_atomic(obj, tmp_path / "c.pth")
+    stored = torch.load(path, weights_only=True)
+    assert stored["checksum"] == ckpt.checksum(obj) and ckpt.load_file(path)["s"] == 0
+    stored["nested"]["name"] = "y"  # any content change, not only tensor bytes, changes the checksum
+    torch.save(stored, tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError, match="checksum"):
+        ckpt.load_file(tmp_path / "edited.pth")
+    torch.save(obj, tmp_path / "old.pth")  # files written before checksums existed still load
+    assert ckpt.load_file(tmp_path / "old.pth")["s"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -264,3 +265,70 @@ def test_seeded_dataset_and_resumable_sampler():
     assert list(part) == list(full)[2:] and len(part) == len(full) - 2
     part.set_epoch(8)
     assert part.start == 0
+
+
+def _flip_tensor_byte(path: Path, tensor: torch.Tensor) -> None:
+    """Change one byte inside the stored data of ``tensor`` (found by its bytes in the file)."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0 and data.find(raw, at + 1) < 0
+    data[at + len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_changed_byte_in_tensor_data_is_caught_and_resume_falls_back(ref, tmp_path, capsys):
+    """A flipped bit inside checkpoint tensor data still unpickles; the stored checksum catches it,
+    and resume falls back to the previous checkpoint as for a truncated file."""
+    from tvt.engine.train_tvt import train
+
+    base, ref_dir, _ = ref
+    run = tmp_path / "tvt"
+    shutil.copytree(ref_dir, run)
+    state = ckpt.load_file(run / "checkpoint.pth")
+    weight = max(state["student"].values(), key=lambda t: t.numel())
+    _flip_tensor_byte(run / "checkpoint.pth", weight)
+    torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=True)  # loads: torch cannot tell
+    with pytest.raises(ckpt.CheckpointError, match="checksum"):
+        ckpt.load_file(run / "checkpoint.pth")
+    train(config.load([], _at(base, tmp_path)), resume=True, device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert f"checkpoint {run / 'checkpoint.pth'} is corrupt" in err and "checkpoint-prev.pth" in err
+    _assert_same_run(ref_dir, run, ("student", "ca_loss", "dino_loss"))  # epoch 2 redone from epoch 1
+
+
+@pytest.mark.parametrize("stage", ["pretrain-sketch", "train"])
+def test_checkpoint_of_another_width_names_file_and_difference(ref, tmp_path, capsys, stage):
+    base, ref_b, ref_a = ref
+    shutil.copytree(ref_a, tmp_path / "stage_a")
+    shutil.copytree(ref_b, tmp_path / "tvt")
+    wide = [o for o in base if not o.startswith("model.embed_dim")] + ["model.embed_dim=48"]
+    wide += [f"train.image_teacher={_random_teacher(wide, tmp_path / 'img48.pth', 0)}",
+             f"train.sketch_teacher={_random_teacher(wide, tmp_path / 'skt48.pth', 1)}"]
+    sets = [x for o in _at(wide, tmp_path) for x in ("--set", o)]
+    assert main([stage, *sets, "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    folder = "stage_a" if stage == "pretrain-sketch" else "tvt"
+    assert str(tmp_path / folder / "checkpoint.pth") in err and "does not fit this run" in err
+    assert "differ in size" in err and "--no-resume" in err
+    assert re.search(r"\([^)]*\b32\b[^)]*\) there, \([^)]*\b48\b[^)]*\) here", err), err
+    assert "Traceback" not in err and "size mismatch" not in err
+
+
+@pytest.mark.parametrize("stage, folder", [("pretrain-sketch", "stage_a"), ("train", "tvt")])
+def test_second_run_of_a_finished_stage_says_already_complete(ref, tmp_path, capsys, stage, folder):
+    base, ref_b, ref_a = ref
+    shutil.copytree(ref_a if folder == "stage_a" else ref_b, tmp_path / folder)
+    before = (tmp_path / folder / "checkpoint.pth").read_bytes()
+    sets = [x for o in _at(base, tmp_path) for x in ("--set", o)]
+    assert main([stage, *sets, "--device", "cpu", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "already complete (2 of 2 epochs" in captured.err and "resuming" not in captured.err
+    assert "checkpoint.pth" in captured.out
+    assert (tmp_path / folder / "checkpoint.pth").read_bytes() == before
+
+
+def test_pretrain_sketch_help_documents_no_resume(capsys):
+    assert main(["pretrain-sketch", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--no-resume start over even if checkpoints exist" in out and "--no-progress no progress bar" in out
