@@ -45,7 +45,7 @@ def step(teachers, student, opt, x_img, x_skt, y, accum: int, skt_factor: int, f
                 out = student(x, m)
             out = types.SimpleNamespace(dino_logits=out.dino_logits.float(), cls_logits=out.cls_logits.float(), f=out.f.float())
             terms = tvt_loss(out, t.clone(), yy, m, dino_center=centres, ca=ca, teacher_temp=0.07, w_t=2.0)
-            (terms["loss"] / n_sub).backward()
+            (terms["objective"] / n_sub).backward()
             total += float(terms["loss"]) / n_sub
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tvt import config as config_mod
 from tvt.config import Config
 from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split, outliers_for
@@ -202,8 +203,6 @@ class SketchTask:
         return {"holdout_mAP@all": score["mAP@all"]}
 
     def state_dict(self, epoch: int, step: int = 0, totals: dict[str, float] | None = None) -> dict[str, Any]:
-        from tvt import config as config_mod
-
         cfg = self.cfg
         return {"format": "tvt", "version": 1, "stage": self.stage, "teacher": self.teacher.state_dict(),
                 "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
