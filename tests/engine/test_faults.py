@@ -332,3 +332,14 @@ def test_pretrain_sketch_help_documents_no_resume(capsys):
     assert main(["pretrain-sketch", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--no-resume start over even if checkpoints exist" in out and "--no-progress no progress bar" in out
+
+
+def test_stage_a_refuses_a_checkpoint_of_another_stage(ref, tmp_path, capsys):
+    """Stage A validates what it resumes from, as stage B does: an image-ViT run folder is not a
+    sketch-ViT run folder."""
+    base, _, ref_a = ref
+    shutil.copytree(ref_a, tmp_path / "stage_a")  # written with sketch.modality=photo (stage "image")
+    sets = [x for o in _at(base, tmp_path) + ["sketch.modality=sketch"] for x in ("--set", o)]
+    assert main(["pretrain-sketch", *sets, "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "stage_a" / "checkpoint.pth") in err and "belongs to another run" in err

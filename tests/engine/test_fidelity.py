@@ -244,3 +244,16 @@ def test_stage_b_divisor_for_uneven_batches(tiny_overrides, teacher_files, monke
     terms = task.step(next(iter(task.batches(0, 0))), epoch=0, it=0)  # G % s != 0 runs, as the official loop
     assert [m for m, _ in seen] == ["img", "img", "img", "skt", "img"]
     assert terms["loss"] == pytest.approx(sum(v for _, v in seen) / (4 + 4 / 3), rel=1e-6)
+
+
+def test_stage_a_fp16_needs_per_step_clipping(tiny_overrides):
+    """[Q37]: GradScaler cannot unscale once per sub-batch (the official code fails the same way)."""
+    from tvt.distributed import DistInfo
+    from tvt.engine.train_dino import check_config
+    from tvt.errors import ConfigError
+
+    cfg = config.load([], tiny_overrides)
+    assert cfg.sketch.precision == "fp32"  # official stage A: use_fp16 false
+    with pytest.raises(ConfigError, match="fp16 needs sketch.clip_mode per_step"):
+        check_config(cfg, DistInfo(), "fp16")
+    check_config(config.load([], tiny_overrides + ["sketch.clip_mode=per_step"]), DistInfo(), "fp16")
