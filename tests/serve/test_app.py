@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tvt.search.retriever import Retriever  # noqa: E402
 from tvt.serve.app import create_app  # noqa: E402
 
+LOCAL = "http://127.0.0.1"  # the default allowed hosts are the loopback names
+
 
 def _png(img: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
@@ -31,7 +33,7 @@ def retriever(index_dir) -> Retriever:
 
 @pytest.fixture(scope="module")
 def client(retriever) -> TestClient:
-    return TestClient(create_app(retriever, max_body=200_000, max_pixels=4_000_000))
+    return TestClient(create_app(retriever, max_body=200_000, max_pixels=4_000_000), base_url=LOCAL)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,7 @@ def test_more_bad_requests_and_server_keeps_serving(client, sketch):
 
 
 def test_too_many_points(retriever):
-    app = TestClient(create_app(retriever, max_body=5_000_000))
+    app = TestClient(create_app(retriever, max_body=5_000_000), base_url=LOCAL)
     many = {"strokes": [[list(range(60_000)), list(range(60_000))]] * 2}
     r = app.post("/api/search", content=json.dumps(many), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "points" in r.json()["detail"]
@@ -162,7 +164,7 @@ def test_path_traversal_refused(client, url):
 
 def test_symlink_swapped_in_after_indexing(private_index, tmp_path):
     photos, idx = private_index
-    client = TestClient(create_app(Retriever.from_index(idx, quiet=True)))
+    client = TestClient(create_app(Retriever.from_index(idx, quiet=True)), base_url=LOCAL)
     secret = tmp_path / "secret.png"
     Image.new("RGB", (8, 8), "red").save(secret)
     from tvt.search.index import PhotoIndex

@@ -18,7 +18,7 @@ def test_serve_builds_the_app_with_limits(index_dir, monkeypatch, capsys):
                  "--backend", "exact", "--device", "cpu"]) == 0
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
     assert "serving 24 photos" in capsys.readouterr().out
-    health = TestClient(seen["app"]).get("/api/health").json()
+    health = TestClient(seen["app"], base_url="http://127.0.0.1").get("/api/health").json()
     assert health["limits"]["max_body_bytes"] == 512 * 1024 and health["photos"] == 24
 
 

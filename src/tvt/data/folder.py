@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.utils.data
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tvt.data.layout import IMG_EXTENSIONS, drop_outliers, list_images
 from tvt.errors import DataError
@@ -121,6 +121,31 @@ def to_rgb(img: Image.Image, alpha_background: str = "white") -> Image.Image:
     return img.convert("RGB")
 
 
+# EXIF orientation tag (0x0112) value -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = upright, also when absent or unreadable).
+
+    Read from the header, so it can be taken before the pixels are decoded or the image resized
+    (a resized copy no longer carries the EXIF block).
+    """
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # a damaged EXIF block: show the pixels as stored
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATIONS else 1
+
+
+def orient(img: Image.Image, orientation: int) -> Image.Image:
+    """``img`` turned upright for EXIF ``orientation`` (see :func:`exif_orientation`)."""
+    op = _ORIENTATIONS.get(orientation)
+    return img.transpose(op) if op is not None else img
+
+
 def load_rgb(path: str | Path, alpha_background: str = "white", *,
              max_pixels: int | None = DEFAULT_MAX_PIXELS, exif_transpose: bool = False) -> Image.Image:
     """Load ``path`` as an RGB PIL image (spec §1.5).
@@ -133,8 +158,8 @@ def load_rgb(path: str | Path, alpha_background: str = "white", *,
     """
     original = open_image(path, max_pixels=max_pixels)
     try:
-        img = ImageOps.exif_transpose(original) if exif_transpose else original
-        return to_rgb(img, alpha_background)
+        rgb = to_rgb(original, alpha_background)
+        return orient(rgb, exif_orientation(original)) if exif_transpose else rgb
     except ValueError as exc:  # e.g. a colour mode PIL cannot convert to RGB (LAB, HSV)
         raise ImageReadError(f"image {path} (mode {original.mode}) cannot be converted to RGB: {exc}; "
                              "re-export it as RGB or greyscale", "unreadable_image", Path(path)) from exc

@@ -37,6 +37,11 @@ Stroke = tuple[list[float], list[float]]  # (xs, ys), same length >= 1
 Drawing = list[Stroke]
 
 _EPS = 1e-9  # keeps pixels exactly at distance line_width/2 inked despite float rounding
+MAX_COORD = 1e9  # larger coordinates are refused: the drawing's extent would overflow to inf
+
+
+class DrawingTooComplex(InputError):
+    """A query drawing whose rasterisation would exceed the work budget (see :func:`simplify_for_render`)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ def parse_drawing(obj: object, where: str) -> Drawing:
             raise DataError(f"{where}: stroke {k} needs equally long, non-empty x and y lists")
         if not all(_is_number(v) for v in xs) or not all(_is_number(v) for v in ys):
             raise DataError(f"{where}: stroke {k} has a coordinate that is not a finite number")
+        if any(abs(v) > MAX_COORD for v in xs) or any(abs(v) > MAX_COORD for v in ys):
+            raise DataError(f"{where}: stroke {k} has a coordinate beyond ±{MAX_COORD:g}")
         drawing.append(([float(v) for v in xs], [float(v) for v in ys]))
     return drawing
 
@@ -196,6 +203,35 @@ def _ink_segment(ink: np.ndarray, p: tuple[float, float], q: tuple[float, float]
         cover = (dist <= radius + _EPS).astype(np.float64)
     window = ink[r0 : r1 + 1, c0 : c1 + 1]
     np.maximum(window, cover, out=window)
+
+
+def simplify_for_render(drawing: Drawing, size: int, line_width: float, padding: int, *,
+                        min_step: float = 1.0, max_work: int | None = None) -> Drawing:
+    """``drawing`` without the points that lie within ``min_step`` output pixels of the previous kept
+    point of their stroke (the last point of a stroke is always kept), refused with
+    :class:`DrawingTooComplex` when rasterising it would still touch more than ``max_work`` pixels.
+
+    Rasterising costs one pass over each segment's bounding box (plus the line width), so a
+    drawing of many long criss-crossing segments is slow even under a point limit; the estimate is
+    that sum, computed in O(points) before any pixel is drawn. Dense hand-drawn input loses nothing
+    visible: ``line_width`` is several pixels.
+    """
+    out: Drawing = []
+    work = 0
+    reach = 2 * (line_width / 2.0 + 1.0) + 1
+    for (sx, sy), (px, py) in zip(drawing, _layout(drawing, int(size), int(padding))):
+        keep = [0]
+        for i in range(1, len(sx)):
+            j = keep[-1]
+            if math.hypot(px[i] - px[j], py[i] - py[j]) >= min_step or i == len(sx) - 1:
+                keep.append(i)
+        for a, b in zip(keep[:-1], keep[1:]):
+            work += int((abs(px[b] - px[a]) + reach) * (abs(py[b] - py[a]) + reach))
+        out.append(([sx[i] for i in keep], [sy[i] for i in keep]))
+    if max_work is not None and work > max_work:
+        raise DrawingTooComplex(f"the drawing is too complex to rasterise: its segments cover {work} pixels of "
+                                f"bounding boxes, the limit is {max_work} (use fewer long criss-crossing strokes)")
+    return out
 
 
 def check_render_options(size: int, line_width: float, padding: int) -> None:

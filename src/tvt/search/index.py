@@ -92,6 +92,16 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True) 
         raise
 
 
+def display_name(path: str) -> str:
+    """``path`` safe to print or send as JSON: bytes that are not UTF-8 (kept by Python as lone
+    surrogates) are shown as ``\\xNN``; the file itself is still opened by its real name."""
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file system produced (e.g. from JSON)
+        raw = path.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, lambda fh: json.dump(obj, fh, indent=1), binary=False)
 
@@ -180,7 +190,7 @@ class PhotoIndex:
     @classmethod
     def load(cls, index_dir: str | Path, verify: bool = True) -> PhotoIndex:
         """Read an index directory; DataError if it is missing, of another version or damaged."""
-        d = Path(index_dir)
+        d = Path(index_dir).expanduser()
         meta = _read_meta(d)
         try:
             table = json.loads((d / FILES_FILE).read_text(encoding="utf-8"))

@@ -7,8 +7,10 @@
 
 A query is an image file, a QuickDraw stroke file (``.ndjson`` / ``.json``), a PIL image, a
 uint8 array [H, W] or [H, W, 3], or one drawing (a list of strokes ``[[x...], [y...]]``). It is
-converted to RGB on white, optionally cropped to its ink, resized with the evaluation transform
-and embedded with modality ``skt``; photos were embedded with modality ``img``.
+converted to RGB on white (EXIF orientation applied), cropped to its ink (``crop=True``, the
+default everywhere: Python, ``tvt search`` and the web page; ``crop=False`` / ``--no-crop`` keeps
+the whole frame), resized with the evaluation transform and embedded with modality ``skt``;
+photos were embedded with modality ``img``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from PIL import Image, ImageDraw, ImageOps
 from tvt.errors import CheckpointError, InputError
 from tvt.search.backends import SearchBackend, make_backend
 from tvt.search.embed import embed_batch
-from tvt.search.index import CACHE_DIR, PhotoIndex, log, sha256_file
+from tvt.search.index import CACHE_DIR, PhotoIndex, display_name, log, sha256_file
 
 Query = Union[str, Path, Image.Image, np.ndarray, Sequence]
 STROKE_SUFFIXES = (".ndjson", ".json")
 DEFAULT_MAX_PIXELS = 40_000_000  # a query larger than this is refused before decoding
+# Crop a sketch to its ink before searching, by default, in every entry point: a drawing in a corner
+# of a canvas is then searched as the drawing, and one sketch ranks the same everywhere.
+DEFAULT_CROP = True
+RENDER_WORK_PER_PIXEL = 64  # a drawing may touch 64x the canvas's pixels when rasterised (~0.5 s)
 
 
 @dataclass(frozen=True)
@@ -44,21 +50,25 @@ class SearchResult:
     id: int
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; a file name that is not valid UTF-8 is shown with ``\\xNN`` escapes."""
         d = asdict(self)
-        d["path"] = str(self.path)
+        d["path"], d["relpath"] = display_name(str(self.path)), display_name(self.relpath)
         return d
 
 
 def render_drawing(drawing: Sequence, size: int = 256, line_width: float = 4, padding: int = 16) -> Image.Image:
     """One QuickDraw drawing (list of ``[xs, ys(, ts)]`` strokes) -> RGB sketch image."""
-    from tvt.data.strokes import parse_drawing, render_strokes
+    from tvt.data.strokes import parse_drawing, render_strokes, simplify_for_render
 
     if not isinstance(drawing, (list, tuple)) or not drawing:
         raise InputError("a drawing must be a non-empty list of strokes [[x0, x1, ...], [y0, y1, ...]]")
     try:
         strokes = parse_drawing([list(s)[:2] for s in drawing], "query drawing")
+        strokes = simplify_for_render(strokes, size, line_width, padding, max_work=RENDER_WORK_PER_PIXEL * size * size)
     except (TypeError, ValueError) as exc:
         raise InputError(f"malformed drawing ({exc}); expected a list of strokes [[x...], [y...]]") from exc
+    except InputError:
+        raise
     except Exception as exc:  # the parser's DataError speaks of files; re-raise as a query error
         raise InputError(str(exc)) from exc
     return render_strokes(strokes, size=size, line_width=line_width, padding=padding)
@@ -67,16 +77,16 @@ def render_drawing(drawing: Sequence, size: int = 256, line_width: float = 4, pa
 def load_query_image(query: Query, *, drawing_index: int = 0,
                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Any supported query -> RGB PIL image on a white background."""
-    from tvt.data.folder import load_rgb, to_rgb
+    from tvt.data.folder import exif_orientation, load_rgb, orient, to_rgb
 
     if isinstance(query, Image.Image):
-        return to_rgb(query, "white")
+        return orient(to_rgb(query, "white"), exif_orientation(query))
     if isinstance(query, np.ndarray):
         if query.dtype != np.uint8 or query.ndim not in (2, 3):
             raise InputError(f"an array query must be uint8 [H, W] or [H, W, 3], got {query.dtype} {query.shape}")
         return Image.fromarray(query).convert("RGB")
     if isinstance(query, (str, Path)):
-        path = Path(query)
+        path = Path(query).expanduser()
         if not path.is_file():
             raise InputError(f"query file {path} does not exist")
         if path.suffix.lower() in STROKE_SUFFIXES:
@@ -87,7 +97,7 @@ def load_query_image(query: Query, *, drawing_index: int = 0,
                 raise InputError(f"stroke file {path} holds {len(drawings)} drawings; "
                                  f"--drawing {drawing_index} is out of range")
             return render_drawing(drawings[drawing_index])
-        return load_rgb(path, "white", max_pixels=max_pixels)
+        return load_rgb(path, "white", max_pixels=max_pixels, exif_transpose=True)
     if isinstance(query, (list, tuple)):
         return render_drawing(query)
     raise InputError(f"unsupported query type {type(query).__name__}: give a path, a PIL image, an array or a drawing")
@@ -135,6 +145,7 @@ class Retriever:
                    device: str = "cpu", encoder: Any = None, verify: bool = True, quiet: bool = False) -> Retriever:
         """Load ``index_dir`` and the model that built it (or ``checkpoint``, which must be the
         same file by sha256), and set up ``backend`` (see :data:`tvt.search.backends.BACKEND_NAMES`)."""
+        index_dir = Path(index_dir).expanduser()
         index = PhotoIndex.load(index_dir, verify=verify)
         if encoder is None:
             encoder = load_index_encoder(index, checkpoint, device)
@@ -146,7 +157,7 @@ class Retriever:
     def __len__(self) -> int:
         return len(self.index)
 
-    def embed(self, queries: Sequence[Query] | Query, *, crop: bool = False) -> np.ndarray:
+    def embed(self, queries: Sequence[Query] | Query, *, crop: bool = DEFAULT_CROP) -> np.ndarray:
         """L2-normalised sketch embeddings [Q, D] of one query or a list of queries."""
         items = list(queries) if _is_many(queries) else [queries]
         if not items:
@@ -156,11 +167,11 @@ class Retriever:
         with self._lock:
             return embed_batch(self.encoder, x, "skt")
 
-    def search(self, query: Query, k: int = 20, *, crop: bool = False) -> list[SearchResult]:
+    def search(self, query: Query, k: int = 20, *, crop: bool = DEFAULT_CROP) -> list[SearchResult]:
         """The ``k`` best photos for one sketch query, best first."""
         return self.search_embeddings(self.embed(query, crop=crop), k)[0]
 
-    def search_many(self, queries: Sequence[Query], k: int = 20, *, crop: bool = False) -> list[list[SearchResult]]:
+    def search_many(self, queries: Sequence[Query], k: int = 20, *, crop: bool = DEFAULT_CROP) -> list[list[SearchResult]]:
         """:meth:`search` for several queries, embedded and searched as one batch."""
         return self.search_embeddings(self.embed(list(queries), crop=crop), k)
 
@@ -192,7 +203,7 @@ def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device:
     """The encoder that built ``index``: its checkpoint (or ``checkpoint``), checked by sha256."""
     from tvt.models.weights import load_encoder
 
-    path = Path(checkpoint) if checkpoint is not None else Path(str(index.model.checkpoint))
+    path = Path(checkpoint).expanduser() if checkpoint is not None else Path(str(index.model.checkpoint))
     if index.model.checkpoint is None and checkpoint is None:
         raise CheckpointError(f"index {index.index_dir} records no checkpoint; pass --checkpoint")
     if not path.is_file():
@@ -213,6 +224,8 @@ def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device:
 def contact_sheet(query: Image.Image, results: Sequence[SearchResult], *, thumb: int = 128,
                   cols: int = 5) -> Image.Image:
     """A PNG-ready sheet: the query (left) and the results in a grid, each with rank and score."""
+    from tvt.data.folder import exif_orientation, orient
+
     rows = max(1, -(-len(results) // cols))
     cell, text_h, gap = thumb, 14, 6
     width = (cols + 1) * (cell + gap) + gap
@@ -226,8 +239,9 @@ def contact_sheet(query: Image.Image, results: Sequence[SearchResult], *, thumb:
         x, y = gap + (c + 1) * (cell + gap), gap + r * (cell + text_h + gap)
         try:
             with Image.open(hit.path) as im:
+                orientation = exif_orientation(im)
                 im.draft("RGB", (cell, cell))
-                tile = ImageOps.pad(im.convert("RGB"), (cell, cell), color=(240, 240, 240))
+                tile = ImageOps.pad(orient(im.convert("RGB"), orientation), (cell, cell), color=(240, 240, 240))
         except (OSError, ValueError):
             tile = Image.new("RGB", (cell, cell), (200, 200, 200))
         sheet.paste(tile, (x, y))

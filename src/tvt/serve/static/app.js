@@ -96,7 +96,7 @@ async function search(body, contentType) {
   setStatus("Searching…");
   let answer;
   try {
-    const resp = await fetch(`/api/search?k=${K}&crop=true`, {
+    const resp = await fetch(`/api/search?k=${K}`, {
       method: "POST", headers: {"Content-Type": contentType}, body,
     });
     answer = await resp.json();
