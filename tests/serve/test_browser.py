@@ -95,3 +95,42 @@ def test_draw_a_stroke_and_see_results(server_url):
             assert errors == []
         finally:
             browser.close()
+
+
+LAYOUT_CHECK = """() => {
+  const vw = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of document.querySelectorAll('.toolbar button, .toolbar label, #width, #canvas')) {
+    const r = el.getBoundingClientRect();
+    if (r.left < -0.5 || r.right > vw + 0.5) out.push(`${el.id || el.textContent.trim()}: ${r.left}..${r.right} of ${vw}`);
+  }
+  if (document.scrollingElement.scrollWidth > vw + 0.5) out.push(`page scrolls sideways: ${document.scrollingElement.scrollWidth} > ${vw}`);
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width,height", [(390, 844), (1280, 800)])  # a phone, a desktop window
+def test_every_control_visible_at_phone_and_desktop_widths(server_url, width, height):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(server_url + "/")
+            sync_api.expect(page.locator("#info")).to_contain_text("24 photos", timeout=15_000)
+            assert page.evaluate(LAYOUT_CHECK) == []
+            for sel in ("#pen", "#eraser", "#undo", "#clear", "#width", "label.upload"):
+                sync_api.expect(page.locator(sel)).to_be_visible()
+            # the width slider is usable: a click at its right end sets the maximum
+            box = page.locator("#width").bounding_box()
+            page.mouse.click(box["x"] + box["width"] - 1, box["y"] + box["height"] / 2)
+            assert int(page.locator("#width").input_value()) >= 28
+            # drawing on the (possibly scaled) canvas still searches
+            c = page.locator("#canvas").bounding_box()
+            page.mouse.move(c["x"] + c["width"] * 0.2, c["y"] + c["height"] * 0.2)
+            page.mouse.down()
+            page.mouse.move(c["x"] + c["width"] * 0.7, c["y"] + c["height"] * 0.6, steps=10)
+            page.mouse.up()
+            sync_api.expect(page.locator("#grid figure.result")).to_have_count(24, timeout=20_000)
+            assert page.evaluate(LAYOUT_CHECK) == []
+        finally:
+            browser.close()

@@ -59,7 +59,7 @@ WORK_SIDE = 1024  # a query image is shrunk to this many px a side right after d
 MAX_DECODES = 2  # concurrent image decodes / drawing rasterisations; more requests wait their turn
 BODY_TIMEOUT_S = 30.0  # a request body must arrive within this time (slow senders)
 THUMB_SIZE = 256
-MAX_ID = 2**31 - 1
+ID_PATTERN = r"^[0-9]{1,10}$"  # a photo id: plain ASCII decimal digits, short enough to parse cheaply
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 IMAGE_TYPES = {"image/png": ("PNG",), "image/jpeg": ("JPEG", "MPO")}  # MPO: multi-picture JPEG from cameras
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -322,8 +322,8 @@ def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixe
         return await run_in_threadpool(_search, retriever, body, ctype, k, crop, max_pixels)
 
     @app.get("/thumb/{photo_id}")
-    def thumb(photo_id: int = PathParam(ge=0, le=MAX_ID)) -> Response:
-        return Response(thumbs.get(photo_id), media_type="image/jpeg",
+    def thumb(photo_id: str = PathParam(pattern=ID_PATTERN)) -> Response:
+        return Response(thumbs.get(int(photo_id)), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
 
     return app
