@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +64,16 @@ def _match(argv: Sequence[str]) -> tuple[str, ...] | None:
     return None
 
 
+def expand_home(args: argparse.Namespace) -> None:
+    """Expand a leading ``~`` in every string argument (a shell leaves ``--out=~/x`` and quoted
+    ``"~/x"`` alone). Only paths start with ``~``: no option value of tvt does otherwise."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tvt`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -72,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and usage errors
         return int(exc.code or 0)
+    expand_home(args)
     module = getattr(args, "_module", None)
     if module is None:
         parser.print_help()

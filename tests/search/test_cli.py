@@ -45,7 +45,8 @@ def test_index_then_search(photos, tmp_path, tiny_ckpt, synth_photos, capsys):
     assert all((photos / r["relpath"]).is_file() for r in res["results"])
     assert Image.open(sheet).size[0] > 0
 
-    assert main(["search", str(photos / "new.png"), "--index", str(out), "-k", "3"]) == 0
+    # a photo as its own query, whole frame (the default crop to ink is for drawings)
+    assert main(["search", str(photos / "new.png"), "--index", str(out), "-k", "3", "--no-crop"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].split()[0] == "1" and lines[0].endswith("new.png")
 

@@ -20,18 +20,18 @@ def retriever(photo_dir, tmp_path, encoder, helpers) -> Retriever:
 
 
 def test_search_ranks_like_brute_force(retriever, photo_dir):
-    hits = retriever.search(photo_dir / "a" / "2.png", k=5)
+    hits = retriever.search(photo_dir / "a" / "2.png", k=5, crop=False)  # a photo finds itself: whole frame
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert hits[0].relpath == "a/2.png" and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert hits[0].path == photo_dir.absolute() / "a" / "2.png"
-    q = retriever.embed(photo_dir / "a" / "2.png")[0]
+    q = retriever.embed(photo_dir / "a" / "2.png", crop=False)[0]
     ref = np.argsort(-(retriever.index.embeddings @ q), kind="stable")[:5]
     assert [h.id for h in hits] == ref.tolist()
     assert [retriever.index.paths[h.id] for h in hits] == [h.relpath for h in hits]
     assert len(retriever.search(photo_dir / "9.jpg", k=1000)) == 12
     with pytest.raises(InputError, match="k must be"):
         retriever.search(photo_dir / "9.jpg", k=0)
-    batch = retriever.search_many([photo_dir / "a" / "2.png", photo_dir / "9.jpg"], k=3)
+    batch = retriever.search_many([photo_dir / "a" / "2.png", photo_dir / "9.jpg"], k=3, crop=False)
     assert [h.id for h in batch[0]] == [h.id for h in hits[:3]] and batch[1][0].relpath == "9.jpg"
     np.testing.assert_allclose([h.score for h in batch[0]], [h.score for h in hits[:3]], atol=1e-5)
     assert json.loads(json.dumps(hits[0].to_dict()))["relpath"] == "a/2.png"

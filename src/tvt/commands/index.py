@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tvt.search.index import IndexReport
 
 HELP = "index a folder of photos for sketch search (re-run to add new or changed photos)"
 
@@ -48,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file, not a folder; give the index a folder of its own")
     prev = None if args.rebuild else _previous_model(args.out)
     ckpt = args.checkpoint or (prev or {}).get("checkpoint")
     if not ckpt:
@@ -59,11 +67,43 @@ def run(args: argparse.Namespace) -> int:
     encoder = load_encoder(path, return_idx=return_idx, device=resolve_device(args.device))
     model = ModelIdentity(kind=encoder.kind, dim=encoder.dim, img_size=encoder.img_size, return_idx=return_idx,
                           checkpoint=str(path), sha256=sha256_file(path), extra={"arch": arch_hints(encoder.model)})
-    report = update_index(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
-                          num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress)
+    with disk_errors_said(args.out):
+        report = update_index(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
+                              num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress)
     print(report.summary())
-    for rel, reason in report.skipped[:20]:
-        print(f"  skipped {rel}: {reason}", file=sys.stderr)
-    if len(report.skipped) > 20:
-        print(f"  ... and {len(report.skipped) - 20} more (listed in {Path(args.out) / 'index.json'})", file=sys.stderr)
+    say_skipped(report, args.out)
     return 0
+
+
+def say_skipped(report: IndexReport, out: str) -> None:
+    """The skipped files (first 20) and, for an index of no photos, why it is empty."""
+    from pathlib import Path
+
+    from tvt.search.index import display_name
+
+    for rel, reason in report.skipped[:20]:
+        print(f"  skipped {display_name(rel)}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more (listed in {Path(out) / 'index.json'})", file=sys.stderr)
+    if report.total == 0:
+        why = f"all {len(report.skipped)} image files were skipped" if report.skipped else \
+            "the folder holds no image files (.jpg, .jpeg, .png, ... searched recursively)"
+        print(f"tvt index: warning: the index holds no photos: {why}; searching it will fail", file=sys.stderr)
+
+
+@contextmanager
+def disk_errors_said(out: str) -> Iterator[None]:
+    """A full, read-only or vanished output disk as a user error (the last complete index is kept)."""
+    import errno
+
+    from tvt.errors import DataError
+
+    try:
+        yield
+    except OSError as exc:
+        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+                errno.EROFS: "choose a writable --out", errno.EACCES: "choose a writable --out",
+                errno.EPERM: "choose a writable --out"}.get(exc.errno, "check the disk")
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DataError(f"cannot write the index in {out}: {exc.strerror or exc}{where}; the last complete index "
+                        f"there (if any) is kept unchanged; {hint} and run `tvt index` again") from exc

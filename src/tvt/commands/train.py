@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tvt.commands._common import add_config_arguments, is_main, load_config
+from tvt.commands._common import add_config_arguments, is_main, load_config, require_inputs
 
 HELP = "train the fusion ViT (stage B) from a frozen image teacher and sketch teacher"
 
@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from tvt.engine.train_tvt import train
 
     cfg = load_config(args)
+    require_inputs(cfg, "train")
     path = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     if is_main():  # under torchrun only rank 0 reports
         print(f"checkpoint: {path}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from tvt.data.folder import DEFAULT_MAX_PIXELS, ImageReadError, has_alpha, open_image, read_error_kind
+from tvt.data.folder import DEFAULT_MAX_PIXELS, ImageReadError, file_kind, has_alpha, open_image, read_error_kind
 from tvt.data.layout import Split, drop_outliers, list_images, load_split, outliers_for
 
 PROBLEM_KINDS = ("missing_class_folder", "empty_class", "unreadable_image", "truncated_image",
-                 "transparent_png", "transparent_image", "extra_folder")
+                 "transparent_png", "transparent_image", "extra_folder", "count_mismatch")
+COUNT_TOLERANCE = 0.10  # a known protocol's unseen counts may differ this much from the published ones
 MODALITIES = ("photo", "sketch")
 _COUNT_KEY = {"photo": "photos", "sketch": "sketches"}
 
@@ -33,8 +35,15 @@ def inspect_image(path: Path, cls: str | None = None, max_pixels: int | None = D
 
     PIL ``verify`` checks the file structure (PNG checksums), then a full decode catches
     truncation; an image with transparent pixels is reported because the official plain RGB
-    conversion shows the colour stored under them (usually black) [spec §1.5].
+    conversion shows the colour stored under them (usually black) [spec §1.5]. A FIFO or device
+    named like an image is reported without being opened (reading it would block).
     """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _problem("unreadable_image", path, cls, f"cannot stat: {exc.strerror or exc}")
+    if not stat.S_ISREG(mode):
+        return _problem("unreadable_image", path, cls, f"not a regular file ({file_kind(mode)})")
     try:
         with Image.open(path) as im:
             im.verify()
@@ -151,6 +160,7 @@ def check_dataset(root: str | Path, dataset: str, split: str, *, strict: bool = 
     """
     sp = load_split(root, dataset, split)
     per_class, images, removed, problems = _scan(sp)
+    problems += published_count_problems(sp, _totals(per_class))
     notes = list(sp.notes)
     if verify_images:
         problems += _verify(images, workers, max_pixels)
@@ -164,6 +174,27 @@ def check_dataset(root: str | Path, dataset: str, split: str, *, strict: bool = 
         "images_verified": bool(verify_images), "strict": bool(strict),
         "ok": not (strict and problems),
     }
+
+
+def published_count_problems(sp: Split, totals: dict[str, dict[str, int]]) -> list[dict]:
+    """``count_mismatch`` problems when the split is a known protocol (same unseen classes) and its
+    unseen photo or sketch count is more than :data:`COUNT_TOLERANCE` away from the published one
+    (e.g. a Sketchy-NO tree holding only the original photos, or half a download)."""
+    from tvt.data.splits import PROTOCOLS
+
+    test = set(sp.test_classes)
+    out = []
+    for p in PROTOCOLS.values():
+        if set(p.test_classes) != test:
+            continue
+        for key, expected in (("photos", p.unseen_gallery), ("sketches", p.tvt_queries or p.unseen_queries)):
+            found = totals["test"][key]
+            if expected and abs(found - expected) > COUNT_TOLERANCE * expected:
+                out.append(_problem("count_mismatch", sp.root / sp.dataset, None,
+                                    f"the unseen classes match protocol {p.name}, which has {expected} unseen {key}, "
+                                    f"but this tree holds {found}; is the download complete and the right variant? "
+                                    "(docs/datasets.md)"))
+    return out
 
 
 def _class_table(report: dict, role: str, flagged: set[str]) -> list[str]:

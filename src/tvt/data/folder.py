@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-from tvt.data.layout import IMG_EXTENSIONS, drop_outliers, list_images
+from tvt.data.layout import IMG_EXTENSIONS, check_class_name, drop_outliers, list_images
 from tvt.errors import DataError
 
 if TYPE_CHECKING:
@@ -64,7 +66,18 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
                              "re-export or delete it (`tvt data check` lists all such files)", kind, path) from exc
 
 
+def file_kind(mode: int) -> str:
+    """A readable name for the type of a file that is not a regular file (``st_mode``)."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def _open_and_load(path: Path, max_pixels: int | None) -> Image.Image:
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # opening a FIFO blocks forever, a device never ends
+        raise ImageReadError(f"image {path} is not a regular file ({file_kind(mode)}); remove it or rename it "
+                             "without an image extension", "unreadable_image", path)
     img = Image.open(path)
     try:
         w, h = img.size
@@ -199,6 +212,8 @@ class ClassFolder(torch.utils.data.Dataset):
             raise DataError(f"class list for {root} has duplicates: {', '.join(map(repr, dupes))}")
         if any(not c.strip() for c in names):
             raise DataError(f"class list for {root} contains an empty class name; remove blank lines [Q30]")
+        for c in names:
+            check_class_name(c, f"class list for {root}")
         if alpha_background not in ALPHA_BACKGROUNDS:
             raise DataError(f"alpha_background must be one of {ALPHA_BACKGROUNDS}, got {alpha_background!r}")
         self.root = root

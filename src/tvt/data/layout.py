@@ -67,6 +67,16 @@ class Split:
         return self.root / self.dataset / "split"
 
 
+def check_class_name(name: str, where: str) -> None:
+    """DataError unless ``name`` is a plain folder name: ``.`` would make every photo of the modality a
+    member of the class (test classes included), ``..`` and names with a separator reach outside it."""
+    bad = (name.strip() in (".", "..") or "/" in name or "\\" in name
+           or any(ord(ch) < 32 or ord(ch) == 127 for ch in name))
+    if bad:
+        raise DataError(f"{where}: class {name!r} is not a plain folder name (no '.', '..', path separators or "
+                        "control characters); write the name of one class folder per line")
+
+
 def read_class_file(path: Path) -> tuple[list[str], list[str]]:
     """Read one class name per line; return ``(names in file order, notes)``.
 
@@ -93,6 +103,7 @@ def read_class_file(path: Path) -> tuple[list[str], list[str]]:
         if line in seen:
             notes.append(f"{path}: line {lineno}: duplicate class {line!r} ignored")
             continue
+        check_class_name(line, f"{path}: line {lineno}")
         if line != line.strip():
             notes.append(f"{path}: line {lineno}: class {line!r} has leading/trailing whitespace "
                          "(kept as written; its folder name must match exactly)")

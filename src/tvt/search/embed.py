@@ -49,7 +49,8 @@ class _Files(Dataset):
         from tvt.data.folder import load_rgb
 
         try:
-            return self.transform(load_rgb(self.root / self.rels[i])), i, ""
+            # phone photos store "rotate me" in EXIF: index them upright, as they are shown
+            return self.transform(load_rgb(self.root / self.rels[i], exif_transpose=True)), i, ""
         except DataError as exc:
             return None, i, str(exc).replace(str(self.root / self.rels[i]), self.rels[i])
         except (OSError, ValueError, RuntimeError) as exc:  # a transform that chokes on odd content

@@ -7,6 +7,7 @@ Layout of an index directory::
     files.json       {"paths": [relative POSIX paths], "size": [...], "mtime_ns": [...]}
     partial/         shards of an update in progress (removed once the update is committed)
     cache/           derived search structures (FAISS indexes), safe to delete
+    index.lock       held (flock) by the `tvt index` run updating the folder; names its pid and host
 
 ``index.json`` records the format version, the model identity (kind, dim, img_size, return_idx,
 checkpoint path and sha256), the photo root (absolute), creation/update times, counts, the
@@ -20,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +123,7 @@ def scan_photos(photo_root: str | Path,
     extensions). A symlink that resolves outside the root is skipped, so the server can never be
     made to read a file outside it; so are files below ``exclude`` (e.g. the index itself).
     """
+    from tvt.data.folder import file_kind
     from tvt.data.layout import list_images
 
     root = Path(photo_root)
@@ -142,6 +147,9 @@ def scan_photos(photo_root: str | Path,
             st = p.stat()
         except OSError as exc:
             skipped.append((rel, f"cannot stat: {exc.strerror or exc}"))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever, a device read endlessly
+            skipped.append((rel, f"not a regular file ({file_kind(st.st_mode)})"))
             continue
         files[rel] = (int(st.st_size), int(st.st_mtime_ns))
     return files, skipped
@@ -242,19 +250,78 @@ def write_index(index_dir: Path, photo_root: Path, model: ModelIdentity, rows: d
     paths = sorted(rows)
     emb = np.stack([rows[p][2] for p in paths]).astype(np.float32) if paths else np.zeros((0, model.dim), np.float32)
     table = {"paths": paths, "size": [rows[p][0] for p in paths], "mtime_ns": [rows[p][1] for p in paths]}
-    write_atomic(index_dir / EMB_FILE, lambda fh: np.save(fh, emb, allow_pickle=False))
-    write_atomic(index_dir / FILES_FILE, lambda fh: fh.write(json.dumps(table).encode("utf-8")))
+    files_bytes = json.dumps(table).encode("utf-8")
     meta = {
         "format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model.to_dict(),
         "photo_root": str(photo_root), "created": created or _now(), "updated": _now(),
         "count": len(paths), "dim": int(emb.shape[1]),
         "embeddings": {"file": EMB_FILE, "sha256": _sha256_array(emb), "dtype": "float32", "normalised": True},
-        "files": {"file": FILES_FILE, "sha256": sha256_file(index_dir / FILES_FILE)},
+        "files": {"file": FILES_FILE, "sha256": hashlib.sha256(files_bytes).hexdigest()},
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
         **extra,
     }
-    write_json(index_dir / INDEX_FILE, meta)
+    write_all_or_nothing([(index_dir / EMB_FILE, lambda fh: np.save(fh, emb, allow_pickle=False)),
+                          (index_dir / FILES_FILE, lambda fh: fh.write(files_bytes)),
+                          (index_dir / INDEX_FILE, lambda fh: fh.write(json.dumps(meta, indent=1).encode("utf-8")))])
     return meta
+
+
+def write_all_or_nothing(items: list[tuple[Path, Callable[[Any], None]]]) -> None:
+    """Write every ``(path, write)`` to a temporary file (fsync'd) first and rename them only when
+    all are written: a full or read-only disk fails before any committed file is touched."""
+    tmps: list[Path] = []
+    try:
+        for path, write in items:
+            tmp = path.with_name(path.name + ".tmp")
+            tmps.append(tmp)
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(items, tmps):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+LOCK_FILE = "index.lock"
+
+
+@contextmanager
+def index_lock(index_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``index_dir`` (``index.lock``, which names the holder) while updating.
+
+    The lock is an ``flock`` on the file, so the system releases it when the holder dies: a
+    crashed run never leaves a stale lock. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path = index_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"index {index_dir} is being updated by {_lock_holder(path)}; wait for it to "
+                             f"finish (if no such process runs, delete {path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with the next holder)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"process {info['pid']} on host {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def log(msg: str) -> None:
@@ -326,20 +393,42 @@ def update_index(
     embedded; finished batches go to ``partial/`` every ``flush_every`` photos (and on Ctrl-C),
     so an interrupted run continues where it stopped. Unreadable files are skipped and listed.
     """
-    from tvt.search.embed import ShardWriter, embed_files, load_partial
-
     root = Path(photo_root).expanduser().absolute()
     if not root.is_dir():
         raise InputError(f"photo folder {root} does not exist or is not a folder")
     out = Path(index_dir).expanduser().absolute()
     if os.path.realpath(out) == os.path.realpath(root):
         raise InputError(f"--out {out} is the photo folder itself; give the index its own folder")
-    out.mkdir(parents=True, exist_ok=True)
+    make_index_dir(out)
+    with index_lock(out):
+        return _update_locked(root, out, encoder, model, transform, batch_size, num_workers, rebuild,
+                              flush_every, progress, extra_meta)
+
+
+def make_index_dir(out: Path) -> None:
+    """Create the index folder; InputError when the path is a file or cannot be created."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder; give the index a folder of its own")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the index folder {out}: {exc.strerror or exc}") from exc
+
+
+def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: ModelIdentity,
+                   transform: Callable[[Any], Any] | None, batch_size: int, num_workers: int, rebuild: bool,
+                   flush_every: int, progress: bool, extra_meta: dict[str, Any] | None) -> IndexReport:
+    from tvt.search.embed import ShardWriter, embed_files, load_partial
+
     old = _previous(out, model, root, rebuild)
     # an index kept inside the photo folder must not index itself
     files, skipped = scan_photos(root, exclude=[out] if is_inside(out, root) else [])
     report = IndexReport(out, skipped=list(skipped))
-    rows, unchanged = _unchanged_rows(old, files)
+    stale = old is not None and old.meta.get("preprocess") != _preprocess_meta(model)
+    if stale:
+        log(f"tvt index: {out} was built with other preprocessing ({old.meta.get('preprocess')}); "
+            "every photo is embedded again")
+    rows, unchanged = _unchanged_rows(None if stale else old, files)
     old_paths = set(old.paths) if old is not None else set()
     part_rows, part_skips = ({}, []) if rebuild else load_partial(out, model, root)
     for rel, (s, m, e) in part_rows.items():
@@ -349,6 +438,9 @@ def update_index(
     done_skips = {rel: reason for rel, reason, s, m in part_skips if files.get(rel) == (s, m)}
     report.skipped += sorted(done_skips.items())
     todo = [rel for rel in sorted(files) if rel not in rows and rel not in done_skips]
+    if old is not None and not stale and _unchanged(old, files, todo, report):
+        report.total = report.unchanged = len(old)
+        return report  # nothing to write: also works on a read-only or full disk
     writer = ShardWriter(out, model, root, fresh=rebuild)
     for rel, emb, reason in embed_files(root, todo, files, encoder, transform or _default_transform(model),
                                         batch_size=batch_size, num_workers=num_workers, writer=writer,
@@ -367,6 +459,13 @@ def update_index(
                 {"preprocess": _preprocess_meta(model), "last_update": last, **(extra_meta or {})})
     writer.remove()
     return report
+
+
+def _unchanged(old: PhotoIndex, files: dict[str, tuple[int, int]], todo: list[str], report: IndexReport) -> bool:
+    """True when an update would rewrite ``old`` exactly: same files, nothing to embed, same skips."""
+    same_skips = sorted((d["path"], d["reason"]) for d in old.skipped) == sorted(report.skipped)
+    return (not todo and report.resumed == 0 and set(old.paths) == set(files) and same_skips
+            and not (old.index_dir / PARTIAL_DIR).exists())
 
 
 def _unchanged_rows(old: PhotoIndex | None, files: dict[str, tuple[int, int]],
@@ -388,4 +487,4 @@ def _default_transform(model: ModelIdentity) -> Callable[[Any], Any]:
 
 def _preprocess_meta(model: ModelIdentity) -> dict[str, Any]:
     return {"resize": [model.img_size, model.img_size], "interpolation": "bilinear", "normalize": "imagenet",
-            "alpha_background": "white", "photo_modality": "img", "query_modality": "skt"}
+            "alpha_background": "white", "exif_transpose": True, "photo_modality": "img", "query_modality": "skt"}
