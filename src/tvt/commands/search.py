@@ -63,13 +63,13 @@ def check_sheet_path(name: str) -> Path:
     from tvt.errors import InputError
 
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise InputError(f"--sheet {name} is a folder; give a file name such as {path / 'sheet.png'}")
     if path.suffix.lower() not in SHEET_FORMATS:
         raise InputError(f"--sheet {name}: the contact sheet is written as an image; give a name ending in "
                          f"{', '.join(SHEET_FORMATS)}")
     if not path.parent.is_dir():
         raise InputError(f"--sheet {name}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"--sheet {name} is a folder; give a file name such as {path / 'sheet.png'}")
     return path
 
 

@@ -156,7 +156,11 @@ def exif_orientation(img: Image.Image) -> int:
 def orient(img: Image.Image, orientation: int) -> Image.Image:
     """``img`` turned upright for EXIF ``orientation`` (see :func:`exif_orientation`)."""
     op = _ORIENTATIONS.get(orientation)
-    return img.transpose(op) if op is not None else img
+    if op is None:
+        return img
+    out = img.transpose(op)
+    out.info.pop("exif", None)  # upright now: a later reader must not turn it again
+    return out
 
 
 def load_rgb(path: str | Path, alpha_background: str = "white", *,

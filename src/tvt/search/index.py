@@ -18,6 +18,7 @@ A file is re-embedded when its (size, mtime_ns) changed; removed files are dropp
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -302,18 +303,35 @@ def index_lock(index_dir: Path) -> Iterator[None]:
         yield
         return
     path = index_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, writable = _open_lock_file(path)
+    if fd is None:  # a read-only folder without a lock file: no one can update it, so no one to exclude
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(f"index {index_dir} is being updated by {_lock_holder(path)}; wait for it to "
                              f"finish (if no such process runs, delete {path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}).encode())
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}).encode())
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with the next holder)
+
+
+def _open_lock_file(path: Path) -> tuple[int | None, bool]:
+    """(fd, writable) of the lock file; read-only where the folder is (flock works on either)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY), False
+    except OSError:
+        return None, False
 
 
 def _lock_holder(path: Path) -> str:
