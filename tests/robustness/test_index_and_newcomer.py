@@ -450,3 +450,31 @@ def test_serve_on_a_busy_port(capsys, good_index, monkeypatch):
         err = _user_error(capsys, ["serve", "--index", str(good_index[1]), "--port", str(port), "--device", "cpu"],
                           f"127.0.0.1:{port}", "in use", "--port")
     assert "serving" not in capsys.readouterr().out + err
+
+
+# ----------------------------------------------------------------------------- 22. --help and eval columns
+
+
+def test_every_option_of_every_command_has_help():
+    from tvt.cli import COMMANDS, _build_parser
+
+    missing = []
+    for words in COMMANDS:
+        parser = _build_parser(only=words)
+        sub = parser
+        for w in words:
+            action = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction))
+            sub = action.choices[w]
+        missing += [f"{' '.join(words)} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions
+                    if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+
+
+def test_eval_prints_only_metric_columns():
+    from tvt.commands.eval import is_metric
+
+    result = {"mAP@all": 0.5, "mAP@200": 0.4, "P@100": 0.3, "P@200": 0.2, "n_queries": 10, "n_gallery": 20,
+              "binary64/mAP@all": 0.4, "binary64/P@200": 0.1, "binary64/n_queries": 10, "binary64/n_gallery": 20,
+              "binary64/bits": 64}
+    assert [k for k in result if is_metric(k)] == ["mAP@all", "mAP@200", "P@100", "P@200", "binary64/mAP@all",
+                                                    "binary64/P@200"]

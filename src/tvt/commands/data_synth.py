@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="data root; the dataset goes to OUT/<dataset>")
     parser.add_argument("--classes", type=int, default=30, help="number of classes (2..max designs, default 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed: identical files)")
-    parser.add_argument("--photos-per-class", type=int, default=40, metavar="N")
-    parser.add_argument("--sketches-per-class", type=int, default=40, metavar="N")
+    parser.add_argument("--photos-per-class", type=int, default=40, metavar="N", help="photos per class (default 40)")
+    parser.add_argument("--sketches-per-class", type=int, default=40, metavar="N",
+                        help="sketches per class (default 40)")
     parser.add_argument("--size", type=int, default=64, metavar="PX", help="image side in pixels (default 64)")
     parser.add_argument("--unseen", type=int, default=None, metavar="N",
                         help="number of unseen (zero-shot) classes (default max(2, classes // 4))")

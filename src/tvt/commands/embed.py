@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "2 fusion-head embedding, 3 mean of head embeddings")
     p.add_argument("--modality", choices=["skt", "img"], default="skt",
                    help="skt (sketches, default) or img (photos); changes return-idx 1/3 of 3-token models only")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--img-size", type=int, help="input side in pixels (default: the model's native size)")
     p.add_argument("--alpha-background", choices=["white", "none"], default="white",
                    help="transparent pixels: composite on white (default) or plain RGB conversion as the official code")

@@ -21,7 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intra-modal: remove the query from the gallery (the official protocol keeps it [Q32])")
     p.add_argument("--out", help="output folder for reports (default: <checkpoint dir>/eval)")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def is_metric(key: str) -> bool:
+    """A metric column: ``mAP@...``/``P@...``, also of the binary codes (``binary64/mAP@all``); not the
+    counts (``n_queries``, ``binary64/n_gallery``) that sit beside them in the result."""
+    return key.rsplit("/", 1)[-1].startswith(("mAP", "P@"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.intra_modal:
         result = ev.intra_modal(cfg, cfg.eval.checkpoint, exclude_self=args.exclude_self, device=args.device,
                                 progress=not args.no_progress)
-        keys = [k for k in result["s2s"] if k.startswith(("mAP", "P@"))]
+        keys = [k for k in result["s2s"] if is_metric(k)]
     else:
         result = ev.evaluate(cfg, cfg.eval.checkpoint, device=args.device, progress=not args.no_progress)
-        keys = [k for k in result if k.startswith(("mAP", "P@", "binary"))]
+        keys = [k for k in result if is_metric(k)]
         result = {"tvt": result}
     print(format_table({k: v for k, v in result.items()}, keys))
     if args.json_out:
