@@ -241,13 +241,24 @@ def _criss_cross(points: int) -> list:
     return [[xs, ys]]
 
 
-def test_expensive_drawing_refused_before_rasterising(client, monkeypatch):
+def _scribble(points: int) -> list:
+    """A dense random walk: many short segments, each cheap, together expensive."""
+    return [np.cumsum(np.random.default_rng(0).normal(size=(2, points)), axis=1).round(2).tolist()]
+
+
+EXPENSIVE = {"criss_cross_90k": lambda: _criss_cross(90_000),  # too many segments and too much area
+             "criss_cross_5k": lambda: _criss_cross(5_000),  # few segments, far too much area
+             "scribble_100k": lambda: _scribble(100_000)}  # small area, too many segments
+
+
+@pytest.mark.parametrize("case", list(EXPENSIVE))
+def test_expensive_drawing_refused_before_rasterising(client, monkeypatch, case):
     from tvt.data import strokes
 
     calls = [0]
     real = strokes._ink_segment
     monkeypatch.setattr(strokes, "_ink_segment", lambda *a: (calls.__setitem__(0, calls[0] + 1), real(*a)))
-    r = _search(client, json.dumps({"strokes": _criss_cross(90_000)}))
+    r = _search(client, json.dumps({"strokes": EXPENSIVE[case]()}))
     _assert_4xx(r, "too complex")
     assert r.status_code == 413 and calls[0] == 0
 

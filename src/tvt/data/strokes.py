@@ -206,18 +206,20 @@ def _ink_segment(ink: np.ndarray, p: tuple[float, float], q: tuple[float, float]
 
 
 def simplify_for_render(drawing: Drawing, size: int, line_width: float, padding: int, *,
-                        min_step: float = 1.0, max_work: int | None = None) -> Drawing:
+                        min_step: float = 1.0, max_work: int | None = None,
+                        max_segments: int | None = None) -> Drawing:
     """``drawing`` without the points that lie within ``min_step`` output pixels of the previous kept
     point of their stroke (the last point of a stroke is always kept), refused with
-    :class:`DrawingTooComplex` when rasterising it would still touch more than ``max_work`` pixels.
+    :class:`DrawingTooComplex` when rasterising it would still touch more than ``max_work`` pixels
+    or draw more than ``max_segments`` segments.
 
-    Rasterising costs one pass over each segment's bounding box (plus the line width), so a
-    drawing of many long criss-crossing segments is slow even under a point limit; the estimate is
-    that sum, computed in O(points) before any pixel is drawn. Dense hand-drawn input loses nothing
-    visible: ``line_width`` is several pixels.
+    Rasterising costs a fixed overhead per segment plus one pass over the segment's bounding box
+    (widened by the line), so both many short segments and a few long criss-crossing ones are slow
+    even under a point limit; both are counted in O(points) before any pixel is drawn. Dense
+    hand-drawn input loses nothing visible: ``line_width`` is several pixels.
     """
     out: Drawing = []
-    work = 0
+    work = segments = 0
     reach = 2 * (line_width / 2.0 + 1.0) + 1
     for (sx, sy), (px, py) in zip(drawing, _layout(drawing, int(size), int(padding))):
         keep = [0]
@@ -227,7 +229,11 @@ def simplify_for_render(drawing: Drawing, size: int, line_width: float, padding:
                 keep.append(i)
         for a, b in zip(keep[:-1], keep[1:]):
             work += int((abs(px[b] - px[a]) + reach) * (abs(py[b] - py[a]) + reach))
+        segments += max(1, len(keep) - 1)
         out.append(([sx[i] for i in keep], [sy[i] for i in keep]))
+    if max_segments is not None and segments > max_segments:
+        raise DrawingTooComplex(f"the drawing is too complex to rasterise: {segments} segments after merging points "
+                                f"closer than {min_step:g} px, the limit is {max_segments}")
     if max_work is not None and work > max_work:
         raise DrawingTooComplex(f"the drawing is too complex to rasterise: its segments cover {work} pixels of "
                                 f"bounding boxes, the limit is {max_work} (use fewer long criss-crossing strokes)")

@@ -36,7 +36,10 @@ DEFAULT_MAX_PIXELS = 40_000_000  # a query larger than this is refused before de
 # Crop a sketch to its ink before searching, by default, in every entry point: a drawing in a corner
 # of a canvas is then searched as the drawing, and one sketch ranks the same everywhere.
 DEFAULT_CROP = True
-RENDER_WORK_PER_PIXEL = 64  # a drawing may touch 64x the canvas's pixels when rasterised (~0.5 s)
+# Rasterising a query drawing is bounded (~0.5 s on one core): at most 64 canvases of segment bounding
+# boxes (~13 ns a pixel) and 10,000 segments once points closer than 1 px are merged (~45 us each).
+RENDER_WORK_PER_PIXEL = 64
+MAX_RENDER_SEGMENTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ def render_drawing(drawing: Sequence, size: int = 256, line_width: float = 4, pa
         raise InputError("a drawing must be a non-empty list of strokes [[x0, x1, ...], [y0, y1, ...]]")
     try:
         strokes = parse_drawing([list(s)[:2] for s in drawing], "query drawing")
-        strokes = simplify_for_render(strokes, size, line_width, padding, max_work=RENDER_WORK_PER_PIXEL * size * size)
+        strokes = simplify_for_render(strokes, size, line_width, padding, max_work=RENDER_WORK_PER_PIXEL * size * size,
+                                      max_segments=MAX_RENDER_SEGMENTS)
     except (TypeError, ValueError) as exc:
         raise InputError(f"malformed drawing ({exc}); expected a list of strokes [[x...], [y...]]") from exc
     except InputError:
