@@ -9,7 +9,7 @@ tens of kB yet passes the pixel limit. The server's resident memory is sampled f
 after the burst are printed as one table row.
 
     python benchmarks/serve_memory.py                    # 8 clients x 3 rounds, 4000 x 4000 px
-    python benchmarks/serve_memory.py --clients 8 --side 4000 --rounds 3
+    python benchmarks/serve_memory.py --clients 8 --side 4000 --rounds 3 --kind rgba
 """
 
 from __future__ import annotations
@@ -50,14 +50,18 @@ def tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def worst_case_png(side: int) -> bytes:
-    """16-bit greyscale, white with a few dark lines: tiny on the wire, large once decoded."""
+def worst_case_png(side: int, kind: str = "grey16") -> bytes:
+    """White with a few dark lines: tiny on the wire, large once decoded. ``grey16``: 16-bit
+    greyscale (2 bytes a pixel in PIL, 8 once converted to float); ``rgba``: 8-bit RGBA (4 bytes)."""
     arr = np.full((side, side), 65535, np.uint16)
     for k in range(1, 8):
         arr[k * side // 8, :] = 0
         arr[:, k * side // 8] = 0
+    img = Image.fromarray(arr)
+    if kind == "rgba":
+        img = Image.fromarray((arr >> 8).astype(np.uint8)).convert("RGBA")
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -89,6 +93,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--side", type=int, default=4000)
+    ap.add_argument("--kind", choices=["grey16", "rgba"], default="grey16", help="the worst-case upload")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds to wait before reading the level after")
     args = ap.parse_args()
     from tvt.cli import main as tvt_main
@@ -116,7 +121,7 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            body = worst_case_png(args.side)
+            body = worst_case_png(args.side, args.kind)
             post(url + "/api/search?k=4", worst_case_png(64), [])  # warm up the model once
             time.sleep(1.0)
             before = rss_kib(server.pid)
@@ -136,7 +141,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(json.dumps({"upload_bytes": len(body), "side": args.side, "clients": args.clients,
+    print(json.dumps({"kind": args.kind, "upload_bytes": len(body), "side": args.side, "clients": args.clients,
                       "rounds": args.rounds, "statuses": sorted(set(statuses)),
                       "rss_before_mib": round(before / 1024), "rss_peak_mib": round(max(peak, hwm) / 1024),
                       "rss_after_mib": round(after / 1024), "seconds": round(took, 1)}))
