@@ -78,18 +78,20 @@ def _static_text(name: str) -> str:
     return resources.files("tvt.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
+_malloc_trim: Any = None  # glibc's malloc_trim once looked up; False where there is none (macOS, musl)
+
+
 def _release_memory() -> None:
     """Hand freed heap pages back to the system after a large decode (glibc keeps them otherwise)."""
     global _malloc_trim
     if _malloc_trim is None:
-        name = ctypes.util.find_library("c")
-        lib = ctypes.CDLL(name) if name else None
-        _malloc_trim = getattr(lib, "malloc_trim", False) if lib is not None else False
+        try:
+            name = ctypes.util.find_library("c")
+            _malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+        except OSError:
+            _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
-
-
-_malloc_trim: Any = None
 
 
 def shrink(img: Image.Image, side: int = WORK_SIDE) -> Image.Image:
