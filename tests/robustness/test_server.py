@@ -332,6 +332,9 @@ def test_serve_sets_connection_timeouts(good_index, monkeypatch, capsys):
     assert main(["serve", "--index", str(good_index[1]), "--port", str(port), "--device", "cpu"]) == 0
     assert 0 < seen["timeout_keep_alive"] <= 30 and seen["limit_concurrency"] >= 8
     assert seen["h11_max_incomplete_event_size"] <= 64 * 1024
+    from tvt.serve.protocol import HeadDeadlineProtocol
+
+    assert issubclass(seen["http"], HeadDeadlineProtocol) and 0 < seen["http"].head_timeout <= 60
 
 
 # ----------------------------------------------------------------------------- 6. one crop default

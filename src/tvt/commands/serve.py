@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from tvt.serve.app import create_app
+        from tvt.serve.protocol import HeadDeadlineProtocol
     except ImportError as exc:
         raise InputError(f"`tvt serve` needs the serve extra ({exc.name} is missing): "
                          "pip install 'tvt[serve]'") from exc
@@ -71,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)  # loading the model took a while: the port may have been taken since
     print(f"serving {len(retriever)} photos on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
-                limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+                limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                http=HeadDeadlineProtocol)
     return 0

@@ -276,7 +276,8 @@ class Thumbnails:
 
 
 def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS,
-               max_k: int = MAX_K, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+               max_k: int = MAX_K, allowed_hosts: Iterable[str] | None = None,
+               body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving ``retriever``.
 
     ``allowed_hosts``: the Host header values answered (default: loopback names only; ``"*"``
@@ -308,7 +309,7 @@ def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixe
                 "limits": {"max_body_bytes": max_body, "max_pixels": max_pixels, "max_side": MAX_SIDE,
                            "max_k": max_k, "max_points": MAX_POINTS, "max_coordinate": MAX_COORD,
                            "work_side": WORK_SIDE, "concurrent_decodes": MAX_DECODES,
-                           "body_timeout_s": BODY_TIMEOUT_S, "content_types": [*IMAGE_TYPES, "application/json"]},
+                           "body_timeout_s": body_timeout, "content_types": [*IMAGE_TYPES, "application/json"]},
                 "crop_default": DEFAULT_CROP}
 
     @app.post("/api/search")
@@ -318,7 +319,7 @@ def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixe
         if ctype not in IMAGE_TYPES and ctype != "application/json":
             raise HTTPException(415, f"unsupported content type {ctype[:60] or '(none)'!r}; send image/png, "
                                      "image/jpeg or application/json (strokes)")
-        body = await read_body(request, max_body)
+        body = await read_body(request, max_body, body_timeout)
         if not body:
             raise HTTPException(400, "empty request body; send a sketch image or strokes")
         return await run_in_threadpool(_search, retriever, body, ctype, k, crop, max_pixels)
