@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tvt.config import Config
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,13 +23,13 @@ PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("sketch", "output_dir"), 
              ("eval", "checkpoint"), ("eval", "output_dir"))
 
 
-def load_config(args: argparse.Namespace):
+def load_config(args: argparse.Namespace) -> Config:
     from tvt import config
 
     return expand_config_paths(config.load(args.config, args.overrides))
 
 
-def expand_config_paths(cfg):
+def expand_config_paths(cfg: Config) -> Config:
     """``cfg`` with a leading ``~`` expanded in every path value (YAML files and --set overrides)."""
     import os
 
@@ -50,7 +54,7 @@ STAGE_INPUTS = {
 }
 
 
-def require_inputs(cfg, stage: str) -> None:
+def require_inputs(cfg: Config, stage: str) -> None:
     """InputError naming the config key and the command that makes it, for a missing input checkpoint."""
     from pathlib import Path
 

@@ -88,7 +88,8 @@ def say_skipped(report: IndexReport, out: str) -> None:
     if report.total == 0:
         why = f"all {len(report.skipped)} image files were skipped" if report.skipped else \
             "the folder holds no image files (.jpg, .jpeg, .png, ... searched recursively)"
-        print(f"tvt index: warning: the index holds no photos: {why}; searching it will fail", file=sys.stderr)
+        print(f"tvt index: warning: the index holds no photos: {why}; `tvt search` and `tvt serve` refuse it",
+              file=sys.stderr)
 
 
 @contextmanager

@@ -18,16 +18,13 @@ A file is re-embedded when its (size, mtime_ns) changed; removed files are dropp
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import socket
 import stat
 import sys
 import time
-from contextlib import contextmanager
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tvt.errors import CheckpointError, DataError, InputError
+from tvt.search.lock import LOCK_FILE, index_lock  # noqa: F401  (LOCK_FILE: part of the layout)
 
 INDEX_FORMAT = "tvt-index"
 INDEX_VERSION = 1
@@ -285,61 +283,6 @@ def write_all_or_nothing(items: list[tuple[Path, Callable[[Any], None]]]) -> Non
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
         raise
-
-
-LOCK_FILE = "index.lock"
-
-
-@contextmanager
-def index_lock(index_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``index_dir`` (``index.lock``, which names the holder) while updating.
-
-    The lock is an ``flock`` on the file, so the system releases it when the holder dies: a
-    crashed run never leaves a stale lock. Where ``fcntl`` does not exist (Windows) nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    path = index_dir / LOCK_FILE
-    fd, writable = _open_lock_file(path)
-    if fd is None:  # a read-only folder without a lock file: no one can update it, so no one to exclude
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"index {index_dir} is being updated by {_lock_holder(path)}; wait for it to "
-                             f"finish (if no such process runs, delete {path})") from None
-        if writable:
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}).encode())
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with the next holder)
-
-
-def _open_lock_file(path: Path) -> tuple[int | None, bool]:
-    """(fd, writable) of the lock file; read-only where the folder is (flock works on either)."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-    try:
-        return os.open(path, os.O_RDONLY), False
-    except OSError:
-        return None, False
-
-
-def _lock_holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {info['pid']} on host {info['host']} (since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 def log(msg: str) -> None:
