@@ -97,12 +97,14 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True) 
 
 def display_name(path: str) -> str:
     """``path`` safe to print or send as JSON: bytes that are not UTF-8 (kept by Python as lone
-    surrogates) are shown as ``\\xNN``; the file itself is still opened by its real name."""
+    surrogates) are shown as ``\\xNN`` and control characters (a terminal escape, a newline) as
+    ``\\x1b``, ``\\n``; the file itself is still opened by its real name."""
     try:
         raw = path.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that no file system produced (e.g. from JSON)
         raw = path.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def write_json(path: Path, obj: Any) -> None:
