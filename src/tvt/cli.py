@@ -27,6 +27,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("eval",): "tvt.commands.eval",
     ("metrics",): "tvt.commands.metrics",
     ("embed",): "tvt.commands.embed",
+    ("export",): "tvt.commands.export",
     ("index",): "tvt.commands.index",
     ("search",): "tvt.commands.search",
     ("serve",): "tvt.commands.serve",

@@ -18,7 +18,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photo_dir", metavar="PHOTO_DIR", help="folder of photos, searched recursively")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory (created or updated)")
     p.add_argument("--checkpoint", metavar="CKPT",
-                   help="TVT (or ViT) checkpoint; default when updating: the one recorded in the index")
+                   help="TVT (or ViT) checkpoint or model folder (`tvt export`); default when updating: the one "
+                        "recorded in the index")
+    p.add_argument("--backbone", metavar="NAME",
+                   help="use a pretrained backbone directly, no training (e.g. dinov2_vits14, clip_vitb16; any timm "
+                        "ViT name); with --weights")
+    p.add_argument("--weights", metavar="FILE_OR_DIR",
+                   help="the backbone's weights: timm state dict, .safetensors, timm/Hugging Face model folder, or an "
+                        "official DINO/DINOv2 file")
+    p.add_argument("--download", action="store_true",
+                   help="on an online machine: fetch --backbone's weights through timm into --weights first")
+    p.add_argument("--img-size", type=int, help="input side for --backbone (default: the backbone's, e.g. 224)")
     p.add_argument("--return-idx", type=int, choices=[0, 1, 2, 3], default=None,
                    help="feature choice of a TVT model (spec §2.4); default 0, or the index's when updating")
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
@@ -45,28 +55,52 @@ def _previous_model(out: str) -> dict | None:
         return None
 
 
-def run(args: argparse.Namespace) -> int:
+def _encoder(args: argparse.Namespace, prev: dict | None):
+    """(encoder, source path) from --checkpoint, --backbone/--weights, or the index being updated."""
     from pathlib import Path
 
     from tvt.errors import CheckpointError, InputError
-    from tvt.models.weights import arch_hints, load_encoder
-    from tvt.search.index import ModelIdentity, sha256_file, update_index
+    from tvt.models.resolve import open_encoder
+
+    device = resolve_device(args.device)
+    if args.backbone or args.weights:
+        if args.checkpoint:
+            raise InputError("pass either --checkpoint or --backbone/--weights, not both")
+        enc = open_encoder(backbone=args.backbone, weights=args.weights, img_size=args.img_size, device=device,
+                           download=args.download)
+        return enc, Path(args.weights).expanduser().absolute()
+    prev = prev or {}
+    ckpt = args.checkpoint or prev.get("checkpoint")
+    if not ckpt:
+        raise InputError("no checkpoint: pass --checkpoint CKPT_OR_FOLDER, or --backbone NAME --weights FILE "
+                         "(a pretrained backbone, no training)")
+    path = Path(ckpt).expanduser().absolute()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    backbone = None if args.checkpoint else (prev.get("extra") or {}).get("pretrained_backbone")
+    if backbone:  # updating an index built with a pretrained backbone
+        return open_encoder(backbone=backbone, weights=path, img_size=prev.get("img_size"), device=device), path
+    return_idx = args.return_idx if args.return_idx is not None else prev.get("return_idx")
+    return open_encoder(path, return_idx=return_idx, device=device), path
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tvt.errors import InputError
+    from tvt.models.resolve import weak_model_warning
+    from tvt.search.embed import model_identity
+    from tvt.search.index import update_index
 
     if args.batch_size < 1 or args.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file, not a folder; give the index a folder of its own")
     prev = None if args.rebuild else _previous_model(args.out)
-    ckpt = args.checkpoint or (prev or {}).get("checkpoint")
-    if not ckpt:
-        raise InputError("no checkpoint: pass --checkpoint CKPT (the model that embeds the photos)")
-    return_idx = args.return_idx if args.return_idx is not None else int((prev or {}).get("return_idx", 0))
-    path = Path(ckpt).expanduser().absolute()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    encoder = load_encoder(path, return_idx=return_idx, device=resolve_device(args.device))
-    model = ModelIdentity(kind=encoder.kind, dim=encoder.dim, img_size=encoder.img_size, return_idx=return_idx,
-                          checkpoint=str(path), sha256=sha256_file(path), extra={"arch": arch_hints(encoder.model)})
+    encoder, source = _encoder(args, prev)
+    if (warning := weak_model_warning(encoder.info)) is not None:
+        print(warning, file=sys.stderr)
+    model = model_identity(encoder, source)
     with disk_errors_said(args.out):
         report = update_index(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
                               num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "serve a web page where you draw a sketch and see the matching photos of an index"
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
@@ -19,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "behind a reverse proxy; default: the --host address, localhost, 127.0.0.1 and ::1; "
                         "'*' answers any name (open to DNS rebinding)")
     p.add_argument("--backend", default="auto", help="auto, exact, faiss-flat, faiss-ivf or faiss-hnsw")
-    p.add_argument("--checkpoint", help="the index's checkpoint at a new location (checked by sha256)")
+    p.add_argument("--checkpoint", help="the index's checkpoint, model folder or backbone weights at a new location "
+                                        "(checked by sha256)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--max-upload-mb", type=float, default=5.0, help="request body limit in MB (default 5)")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest query image in pixels (default 16M)")
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if len(retriever) == 0:
         raise InputError(f"index {args.index} holds no photos (its folder had no readable images when it was "
                          "indexed); add photos and re-run `tvt index` before serving it")
+    from tvt.models.resolve import weak_model_warning
+
+    if (warning := weak_model_warning(getattr(retriever.encoder, "info", {}))) is not None:
+        print(warning, file=sys.stderr)
     app = create_app(retriever, max_body=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                      allowed_hosts=[args.host, *args.allowed_host])
     check_port(args.host, args.port)  # loading the model took a while: the port may have been taken since

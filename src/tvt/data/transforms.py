@@ -77,8 +77,8 @@ class MultiCrop:
         return f"MultiCrop(\n  {inner}\n)"
 
 
-def _normalize() -> T.Compose:
-    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def _normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> T.Compose:
+    return T.Compose([T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
 
 
 def _flip_and_colour() -> T.Compose:
@@ -118,11 +118,13 @@ def augment_pipeline(size: int, scale: Sequence[float], blur_p: float, solarize_
     return T.Compose(steps)
 
 
-def eval_transform(size: int = 224) -> T.Compose:
+def eval_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> T.Compose:
     """Evaluation transform: bilinear ``Resize((size, size))`` (no aspect ratio, no centre crop)
-    [Q29], ToTensor, ImageNet Normalize. Output: ``Tensor [3, size, size]``."""
+    [Q29], ToTensor, Normalize (ImageNet's constants unless the backbone has others, e.g. CLIP).
+    Output: ``Tensor [3, size, size]``."""
     size = _check_size("size", size)
-    return T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BILINEAR), _normalize()])
+    return T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BILINEAR), _normalize(mean, std)])
 
 
 def tvt_train_transform(size: int = 224, scale: Sequence[float] = (0.14, 1.0), global_crops: int = 1,

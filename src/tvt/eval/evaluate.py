@@ -55,9 +55,10 @@ def eval_classes(split: Split, state: dict[str, Any] | None, use_train: bool) ->
     return list(split.train_classes if use_train else split.test_classes)
 
 
-def build_sets(cfg: Config, classes: list[str], img_size: int) -> EvalSets:
+def build_sets(cfg: Config, classes: list[str], img_size: int, norm: dict[str, Any] | None = None) -> EvalSets:
+    """Sketch and photo sets of ``classes``; ``norm`` = {"mean", "std"} of a backbone (default ImageNet)."""
     root = Path(cfg.data.root) / cfg.data.dataset
-    tf = eval_transform(img_size)
+    tf = eval_transform(img_size, **(norm or {}))
     common = dict(return_index=True, alpha_background=cfg.data.alpha_background, cache_dir=cfg.data.cache_dir or None)
     sketches = ClassFolder(root / "sketch", classes, tf, outliers=outliers_for(cfg.data.dataset), **common)
     photos = ClassFolder(root / "photo", classes, tf, **common)
@@ -157,16 +158,14 @@ def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progr
              name: str = "tvt") -> dict[str, Any]:
     """Evaluate a checkpoint (TVT student or a plain ViT) on the split of ``cfg``; write reports."""
     from tvt.distributed import setup
-    from tvt.models.weights import load_encoder, read_checkpoint
+    from tvt.models.weights import load_encoder, read_training_info
 
     info = setup(device)  # torchrun: features sharded over ranks, reports from rank 0
     dev = info.device
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
-    state = read_checkpoint(checkpoint)
-    classes = eval_classes(split, state, cfg.eval.use_train)
-    del state
+    classes = eval_classes(split, read_training_info(checkpoint), cfg.eval.use_train)
     enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)
-    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size)
+    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size, {"mean": enc.mean, "std": enc.std})
     out_dir = Path(cfg.eval.output_dir) if cfg.eval.output_dir else Path(checkpoint).parent / "eval"
     feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
                          device=dev, num_workers=cfg.data.num_workers, progress=progress, cache_dir=out_dir / "features",
@@ -187,13 +186,13 @@ def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = Fal
     The official protocol keeps the query in the gallery [Q32]; ``exclude_self`` removes it.
     """
     from tvt.distributed import setup
-    from tvt.models.weights import load_encoder, read_checkpoint
+    from tvt.models.weights import load_encoder, read_training_info
 
     dev = setup(device).device
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
-    classes = eval_classes(split, read_checkpoint(checkpoint), cfg.eval.use_train)
+    classes = eval_classes(split, read_training_info(checkpoint), cfg.eval.use_train)
     enc = load_encoder(checkpoint, return_idx=cfg.eval.return_idx, device=dev)
-    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size)
+    sets = build_sets(cfg, classes, cfg.data.img_size or enc.img_size, {"mean": enc.mean, "std": enc.std})
     feats = extract_sets(sets, lambda x: enc(x, "img"), lambda x: enc(x, "skt"), batch_size=cfg.eval.batch_size,
                          device=dev, num_workers=cfg.data.num_workers, progress=progress)
     e = cfg.eval

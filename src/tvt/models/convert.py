@@ -160,9 +160,20 @@ def flat_state(ckpt: Mapping[str, Any]) -> dict[str, Tensor] | None:
 
 
 def arch_hint(ckpt: Mapping[str, Any]) -> dict:
-    """The ``arch`` hints of our checkpoints ({} for other formats; tensors always win)."""
+    """The ``arch`` hints of our checkpoints ({} for other formats; tensors always win).
+
+    ``backbone`` (a named timm backbone, :mod:`tvt.models.backbones`) comes from ``arch`` or from
+    the stored config's ``model.backbone``; it is absent for the paper's DINO ViT.
+    """
     hint = ckpt.get("arch")
-    return dict(hint) if isinstance(hint, Mapping) else {}
+    out = dict(hint) if isinstance(hint, Mapping) else {}
+    cfg = ckpt.get("config")
+    model_cfg = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if not out.get("backbone") and isinstance(model_cfg, Mapping) and model_cfg.get("backbone"):
+        out["backbone"] = str(model_cfg["backbone"])
+    if not out.get("backbone"):
+        out.pop("backbone", None)
+    return out
 
 
 def _err(path: Path | str, msg: str) -> CheckpointError:
@@ -249,6 +260,15 @@ def infer_head_dims(head: Mapping[str, Tensor], path: Path | str, name: str) -> 
     if "fc.weight" in head:
         dims["num_classes"] = int(head["fc.weight"].shape[0])
     return dims
+
+
+def check_finite(state: Mapping[str, Any], path: Path | str) -> None:
+    """Refuse NaN/inf weights: a model built from them gives NaN features without any error."""
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise _err(path, f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is damaged or "
+                             "comes from a diverged run: use an earlier checkpoint")
 
 
 def check_load(result: Any, path: Path | str, what: str, ignore_missing: Iterable[str] = ()) -> None:

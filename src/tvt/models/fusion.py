@@ -107,3 +107,66 @@ class FusionViT(VisionTransformer):
         """[N, 3, H, W] -> token_num tensors [N, D]: the normalised special tokens in order."""
         out = self.forward_features(x)
         return tuple(out[:, i] for i in range(self.token_num))
+
+
+class NamedFusionViT(nn.Module):
+    """Fusion ViT around a named timm backbone (:mod:`tvt.models.backbones`): same tokens as
+    :class:`FusionViT`, everything else the backbone's.
+
+    ``vit`` is timm's ViT built without a class token, with its position embedding covering the
+    patch grid only (``no_embed_class``) and no pooling head; register tokens, layer scale and
+    pre-norm stay as the backbone has them. Sequence: the ``token_num`` special tokens, then the
+    register tokens (if any), then the patches. A special token's position is folded into the
+    token itself (positions of prefix tokens are never resized), so it starts as the teacher's
+    CLS token plus its position row, as [Q10]/[Q11] do for DINO. The patch grid is resized with
+    timm's rule when the input differs from the native size (``pos_resample`` is DINO's only).
+
+    ``forward(x [N, 3, H, W]) -> tuple of token_num tensors [N, D]`` after the final norm.
+    """
+
+    def __init__(self, vit: nn.Module, token_num: int = 2) -> None:
+        super().__init__()
+        if token_num not in TOKEN_NAMES:
+            raise ValueError(f"token_num must be 2 or 3, got {token_num}")
+        if getattr(vit, "cls_token", None) is not None or not getattr(vit, "no_embed_class", False):
+            raise ValueError("NamedFusionViT needs a timm ViT built with class_token=False, no_embed_class=True")
+        self.vit = vit
+        self.arch = vit.arch
+        self.token_num = token_num
+        self.pos_resample = "timm"
+        dim = vit.embed_dim
+        for name in TOKEN_NAMES[token_num]:
+            token = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.trunc_normal_(token, std=0.02)
+            setattr(self, name, token)
+
+    @property
+    def token_names(self) -> tuple[str, ...]:
+        return TOKEN_NAMES[self.token_num]
+
+    @property
+    def blocks(self) -> nn.Module:
+        """The backbone's blocks (stochastic depth and head counts are read from them)."""
+        return self.vit.blocks
+
+    def special_tokens(self) -> Tensor:
+        """[1, token_num, D] special tokens in sequence order (positions included)."""
+        return torch.cat([getattr(self, name) for name in self.token_names], dim=1)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """[N, 3, H, W] -> [N, token_num + registers + gh*gw, D] tokens after the final norm."""
+        from timm.layers import resample_abs_pos_embed
+
+        vit = self.vit
+        x = vit.patch_embed(x)  # [N, gh, gw, D] (dynamic_img_size)
+        n, gh, gw, dim = x.shape
+        pos = resample_abs_pos_embed(vit.pos_embed, new_size=(gh, gw), old_size=vit.patch_embed.grid_size,
+                                     num_prefix_tokens=0)
+        prefix = [self.special_tokens()] + ([vit.reg_token] if vit.reg_token is not None else [])
+        x = torch.cat([p.expand(n, -1, -1) for p in prefix] + [x.reshape(n, gh * gw, dim) + pos], dim=1)
+        x = vit.norm_pre(vit.patch_drop(vit.pos_drop(x)))
+        return vit.norm(vit.blocks(x))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.forward_features(x)
+        return tuple(out[:, i] for i in range(self.token_num))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tvt.errors import CheckpointError, InputError
 from tvt.models.convert import (
     arch_hint,
+    check_finite,
     check_load,
     clean_state,
     describe,
@@ -27,8 +28,10 @@ from tvt.models.convert import (
     read_checkpoint,
     sub_state,
 )
-from tvt.models.fusion import POS_RESAMPLE_MODES, FusionViT
+from tvt.models.backbones import is_named
+from tvt.models.fusion import POS_RESAMPLE_MODES, FusionViT, NamedFusionViT
 from tvt.models.heads import DINOHead, FusionHead
+from tvt.models.named import fusion_from_teacher, fusion_size, fusion_vit, plain_from_state
 from tvt.models.vit import DinoViT, ViTArch, build_vit
 from tvt.models.wrappers import RETURN_IDX, Student, Teacher, check_modality
 
@@ -68,7 +71,16 @@ def _backbone_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping
     return model
 
 
+def _vit_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping) -> nn.Module:
+    """The plain ViT of ``backbone`` weights: named timm backbone per ``hint``, else DINO's ViT."""
+    if hint.get("backbone"):
+        check_finite(backbone, path)
+        return plain_from_state(str(hint["backbone"]), backbone, path)
+    return _backbone_model(backbone, path, hint)
+
+
 def _load(model: nn.Module, state: Mapping[str, Tensor], path: Path | str, what: str, **kw: Any) -> None:
+    check_finite(state, path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -100,7 +112,8 @@ def _teacher_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[
 
 
 def build_teacher(state: Mapping[str, Tensor], path: Path | str = "<state>", hint: Mapping | None = None) -> Teacher:
-    """Teacher from a state dict with ``backbone.*`` and ``head.*`` keys (strict)."""
+    """Teacher from a state dict with ``backbone.*`` and ``head.*`` keys (strict); a named timm
+    backbone when ``hint["backbone"]`` says so, else the paper's DINO ViT."""
     backbone = sub_state(state, "backbone.")
     head_state = sub_state(state, "head.")
     extra = [k for k in state if not k.startswith(("backbone.", "head."))]
@@ -111,7 +124,7 @@ def build_teacher(state: Mapping[str, Tensor], path: Path | str = "<state>", hin
     dims = infer_head_dims(head_state, path, "DINO head")
     if "out_dim" not in dims:
         raise CheckpointError(f"checkpoint {path}: the DINO head has no last_layer weights")
-    vit = _backbone_model(backbone, path, hint or {})
+    vit = _vit_model(backbone, path, hint or {})
     head = DINOHead(**dims)
     _load(head, head_state, path, "DINO head")
     return Teacher(vit, head)
@@ -142,7 +155,7 @@ def _plain_vit(ckpt: Mapping[str, Any], path: Path | str) -> DinoViT | None:
         state = sub_state(clean_state(ckpt["teacher"], path, "teacher"), "backbone.")
     else:
         return None
-    return _backbone_model(state, path, arch_hint(ckpt))
+    return _vit_model(state, path, arch_hint(ckpt))
 
 
 def load_backbone(path: str | Path) -> DinoViT:
@@ -193,6 +206,8 @@ def init_student_from_teacher(
     ``num_heads``, else from the Teacher module, else ``embed_dim // 64`` (DINO's ViTs) — pass the
     module or ``num_heads`` for other head sizes.
     """
+    if isinstance(teacher_state, nn.Module) and is_named(getattr(teacher_state, "backbone", teacher_state)):
+        return _named_student_from_teacher(teacher_state, num_classes, token_num)
     if isinstance(teacher_state, nn.Module):
         backbone_module = getattr(teacher_state, "backbone", teacher_state)
         if num_heads is None and hasattr(backbone_module, "blocks"):
@@ -218,6 +233,37 @@ def init_student_from_teacher(
     fresh = ("head_fusion.fc.weight", "head_fusion.fc.bias")
     _load(student, new, "<teacher state>", "TVT student", ignore_missing=fresh)
     return student
+
+
+def _named_student_from_teacher(teacher: nn.Module, num_classes: int, token_num: int) -> Student:
+    """§3.3 for a named backbone: :func:`tvt.models.named.fusion_from_teacher`, heads as for DINO."""
+    state = clean_state(teacher.state_dict(), "<teacher state>", "teacher")
+    head = sub_state(state, "head.")
+    if not head:
+        raise CheckpointError("the teacher has no DINO head (head.*); grow one with sketch.init_head=new (README)")
+    dims = infer_head_dims(head, "<teacher state>", "DINO head")
+    backbone = fusion_from_teacher(teacher.backbone, token_num)
+    student = _heads_around(backbone, token_num, dims, num_classes)
+    new = {f"head.{k}": v for k, v in head.items()}
+    if token_num == 3:
+        new.update({f"head_skt.{k}": v for k, v in head.items()})
+    new.update({f"head_fusion.{k}": v for k, v in head.items() if k.startswith("mlp.")})
+    result = student.load_state_dict(new, strict=False)
+    check_load(result, "<teacher state>", "TVT student heads",
+               ignore_missing=[k for k in student.state_dict() if k.startswith("backbone.")]
+               + ["head_fusion.fc.weight", "head_fusion.fc.bias"])
+    return student
+
+
+def _heads_around(backbone: nn.Module, token_num: int, head_dims: dict, num_classes: int,
+                  fusion_dims: dict | None = None) -> Student:
+    """A Student of random heads of the given sizes around ``backbone``."""
+    dim = backbone.arch.embed_dim
+    mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    fusion_mlp = {k: (fusion_dims or head_dims)[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    head = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp)
+    head_skt = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp) if token_num == 3 else None
+    return Student(backbone, head, FusionHead(dim, num_classes, **fusion_mlp), head_skt)
 
 
 def _student_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
@@ -246,11 +292,18 @@ def build_student(
     hint = dict(hint or {})
     backbone = sub_state(state, "backbone.")
     token_num = 3 if "dist_skt_token" in backbone else 2
-    arch = infer_vit_arch(backbone, path, prefix_tokens=token_num, hint=hint)
     dims = infer_head_dims(sub_state(state, "head."), path, "DINO head")
     fusion = infer_head_dims(sub_state(state, "head_fusion."), path, "fusion head")
     if "out_dim" not in dims or "num_classes" not in fusion:
         raise CheckpointError(f"checkpoint {path}: the student lacks head.last_layer or head_fusion.fc weights")
+    if hint.get("backbone"):
+        name = str(hint["backbone"])
+        vit_state = sub_state(backbone, "vit.")
+        student = _heads_around(fusion_vit(name, *fusion_size(name, vit_state, path), token_num), token_num, dims,
+                                fusion["num_classes"], fusion)
+        _load(student, state, path, f"TVT student ({name})")
+        return student
+    arch = infer_vit_arch(backbone, path, prefix_tokens=token_num, hint=hint)
     mode = pos_resample or hint.get("pos_resample") or "fidelity"
     if mode not in POS_RESAMPLE_MODES:
         raise CheckpointError(f"checkpoint {path}: pos_resample {mode!r} is not one of {POS_RESAMPLE_MODES}")
@@ -273,21 +326,31 @@ def arch_hints(model: nn.Module) -> dict:
     """The ``arch`` entry of our checkpoint format for a Student, Teacher or ViT."""
     backbone = getattr(model, "backbone", model)
     out = dict(backbone.arch.to_dict())
-    if isinstance(backbone, FusionViT):
+    if isinstance(backbone, (FusionViT, NamedFusionViT)):
         out.update(token_num=backbone.token_num, pos_resample=backbone.pos_resample)
     return out
+
+
+MODEL_FORMAT = "tvt-model"  # config.json "format" of an exported model folder (tvt.models.export)
+MODEL_WEIGHTS = "model.safetensors"
 
 
 class Encoder:
     """Callable feature extractor: ``encoder(x [N, 3, H, W], modality) -> [N, dim]`` (raw).
 
-    kind ``"tvt"``: ``Student.features(x, modality, return_idx)``; kind ``"vit"``: the CLS
-    feature of a plain ViT (``return_idx`` and ``modality`` do not change it). ``dim`` is the
-    feature size, ``img_size`` the model's native input side, ``patch_size`` its patch side.
+    kind ``"tvt"``: ``Student.features(x, modality, return_idx)``; kind ``"vit"``: the pooled
+    feature of a plain ViT (CLS token, or the backbone's own pooling; ``return_idx`` and
+    ``modality`` do not change it). ``dim`` is the feature size, ``img_size`` the model's native
+    input side, ``patch_size`` its patch side, ``mean``/``std`` the input normalisation the
+    backbone was trained with (ImageNet's for DINO). ``info`` holds what is known about the
+    training (``dataset``, ``train_classes``, ``stage``; empty for foreign files).
     Runs in eval mode under ``torch.inference_mode``.
     """
 
-    def __init__(self, model: nn.Module, kind: str, return_idx: int = 0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: nn.Module, kind: str, return_idx: int = 0, device: str | torch.device = "cpu",
+                 info: Mapping[str, Any] | None = None) -> None:
+        from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
         if kind not in ("tvt", "vit"):
             raise ValueError(f"kind must be 'tvt' or 'vit', got {kind!r}")
         if return_idx not in RETURN_IDX:
@@ -298,10 +361,19 @@ class Encoder:
         backbone = getattr(model, "backbone", model)
         self.img_size: int = backbone.arch.img_size
         self.patch_size: int = backbone.arch.patch_size
+        self.mean: tuple[float, ...] = tuple(getattr(backbone.arch, "mean", IMAGENET_MEAN))
+        self.std: tuple[float, ...] = tuple(getattr(backbone.arch, "std", IMAGENET_STD))
+        self.info: dict[str, Any] = dict(info or {})
         if kind == "tvt" and return_idx >= 2:
             self.dim: int = model.head_fusion.fc.in_features
         else:
             self.dim = backbone.arch.embed_dim
+
+    def transform(self, size: int | None = None) -> Any:
+        """The evaluation transform for this model (resize to ``size`` or the native side, its mean/std)."""
+        from tvt.data.transforms import eval_transform
+
+        return eval_transform(size or self.img_size, mean=self.mean, std=self.std)
 
     def __call__(self, x: Tensor, modality: str = "skt") -> Tensor:
         """[N, 3, H, W] -> [N, dim] float features on ``self.device`` (not normalised)."""
@@ -313,22 +385,78 @@ class Encoder:
             return self.model(x)
 
 
-def load_encoder(path: str | Path, return_idx: int = 0, device: str | torch.device = "cpu") -> Encoder:
-    """Encoder for a TVT student (ours or official) or for any plain ViT / teacher checkpoint.
+def training_info(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says about its training (for model cards and warnings)."""
+    keys = ("dataset", "split", "stage", "train_classes", "test_classes")
+    return {k: ckpt[k] for k in keys if isinstance(ckpt.get(k), (str, list))}
+
+
+def read_training_info(path: str | Path) -> dict[str, Any]:
+    """:func:`training_info` of a checkpoint file or of a model folder (its config.json)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        from tvt.models.backbone_weights import read_folder_config
+
+        cfg = read_folder_config(p)
+        return {k: cfg[k] for k in ("dataset", "split", "stage", "train_classes", "test_classes") if k in cfg}
+    return training_info(read_checkpoint(p))
+
+
+def load_model_folder(folder: str | Path, return_idx: int | None = None, device: str | torch.device = "cpu") -> Encoder:
+    """Encoder of a model folder written by ``tvt export`` (JSON + safetensors; nothing unpickled).
+
+    ``return_idx`` None: the folder's own ``return_idx``.
+    """
+    from safetensors.torch import load_file
+
+    from tvt.models.backbone_weights import read_folder_config
+
+    d = Path(folder).expanduser()
+    cfg = read_folder_config(d)
+    if cfg.get("format") != MODEL_FORMAT or cfg.get("kind") not in ("tvt", "vit"):
+        raise CheckpointError(f"{d / 'config.json'} is not a tvt model folder (format {cfg.get('format')!r}, "
+                              f"kind {cfg.get('kind')!r}); make one with `tvt export CHECKPOINT --out DIR`")
+    wfile = d / MODEL_WEIGHTS
+    try:
+        state = load_file(str(wfile), device="cpu")
+    except Exception as exc:  # safetensors raises its own errors for missing/cut files
+        raise CheckpointError(f"cannot read {wfile} ({type(exc).__name__}: {exc}); export the model again") from exc
+    hint = dict(cfg.get("arch") or {})
+    if cfg["kind"] == "tvt":
+        model: nn.Module = build_student(state, wfile, hint)
+    else:
+        model = _vit_model(dict(state), wfile, hint)
+    idx = int(cfg.get("return_idx", 0)) if return_idx is None else return_idx
+    info = {k: cfg[k] for k in ("dataset", "split", "stage", "train_classes", "test_classes") if k in cfg}
+    return Encoder(model, cfg["kind"], idx, device, info=info)
+
+
+def load_encoder(path: str | Path, return_idx: int | None = 0, device: str | torch.device = "cpu") -> Encoder:
+    """Encoder for a TVT student (ours or official), any plain ViT / teacher checkpoint, a model
+    folder of ``tvt export`` or a timm/Hugging Face model folder of a named backbone.
 
     A TVT student is used when the file has one (``features`` with ``return_idx``); otherwise the
-    plain ViT (DINO backbone-only/full teacher, timm, our stage-A checkpoints) gives its CLS
-    feature and ``return_idx`` is ignored.
+    plain ViT (DINO backbone-only/full teacher, timm, our stage-A checkpoints) gives its pooled
+    feature and ``return_idx`` is ignored. ``return_idx`` None: 0, or an exported folder's own.
     """
-    ckpt = read_checkpoint(path)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        from tvt.models.backbone_weights import load_named_backbone, read_folder_config
+
+        if read_folder_config(p).get("format") == MODEL_FORMAT:
+            return load_model_folder(p, return_idx, device)
+        return Encoder(load_named_backbone(p), "vit", return_idx or 0, device)
+    return_idx = return_idx or 0
+    ckpt = read_checkpoint(p)
+    info = training_info(ckpt)
     flat = flat_state(ckpt)
     student_entry = isinstance(ckpt.get("student"), Mapping) and _is_fusion_state(ckpt["student"])
     if student_entry or (flat is not None and _is_fusion_state(flat)):
-        model: nn.Module = build_student(_student_state(ckpt, path, "student"), path, arch_hint(ckpt))
-        return Encoder(model, "tvt", return_idx, device)
-    vit = _plain_vit(ckpt, path)
+        model: nn.Module = build_student(_student_state(ckpt, p, "student"), p, arch_hint(ckpt))
+        return Encoder(model, "tvt", return_idx, device, info=info)
+    vit = _plain_vit(ckpt, p)
     if vit is None:
         raise CheckpointError(
-            f"checkpoint {path} holds neither a TVT student nor a ViT (entries: {describe(ckpt)})"
+            f"checkpoint {p} holds neither a TVT student nor a ViT (entries: {describe(ckpt)})"
         )
-    return Encoder(vit, "vit", return_idx, device)
+    return Encoder(vit, "vit", return_idx, device, info=info)

@@ -19,9 +19,47 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from tvt.errors import DataError
-from tvt.search.index import PARTIAL_DIR, ModelIdentity, write_atomic, write_json
+from tvt.search.index import PARTIAL_DIR, ModelIdentity, sha256_file, write_atomic, write_json
 
 Encoder = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+# Files of a model folder that identify the model (README.md, the editable card, does not).
+MODEL_FOLDER_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+def model_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a model folder's config and weights files."""
+    import hashlib
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for name in MODEL_FOLDER_FILES:
+        if (p / name).is_file():
+            h.update(f"{name}:{sha256_file(p / name)}\n".encode())
+    return h.hexdigest()
+
+
+def model_identity(encoder: Any, source: str | Path) -> ModelIdentity:
+    """The :class:`ModelIdentity` of an encoder loaded from ``source`` (file or folder).
+
+    ``extra`` records the architecture, the input normalisation, the pretrained backbone's name
+    when the encoder is one used without training, and what is known of the training data.
+    """
+    from tvt.models.weights import arch_hints
+
+    extra: dict[str, Any] = {"arch": arch_hints(encoder.model), "mean": list(encoder.mean), "std": list(encoder.std)}
+    info = dict(encoder.info)
+    if info.get("pretrained_backbone"):
+        extra["pretrained_backbone"] = info["pretrained_backbone"]
+    if info.get("dataset") or info.get("train_classes"):
+        extra["training"] = {"dataset": info.get("dataset"), "split": info.get("split"),
+                             "num_train_classes": len(info.get("train_classes") or [])}
+    path = Path(source)
+    return ModelIdentity(kind=encoder.kind, dim=encoder.dim, img_size=encoder.img_size,
+                         return_idx=encoder.return_idx, checkpoint=str(path), sha256=model_sha256(path), extra=extra)
 
 
 def normalise(x: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -442,12 +442,18 @@ def _unchanged_rows(old: PhotoIndex | None, files: dict[str, tuple[int, int]],
     return rows, set(rows)
 
 
-def _default_transform(model: ModelIdentity) -> Callable[[Any], Any]:
-    from tvt.data.transforms import eval_transform
+def index_transform(model: ModelIdentity) -> Callable[[Any], Any]:
+    """The evaluation transform of the model that built an index (its mean/std when recorded)."""
+    from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
-    return eval_transform(model.img_size)
+    return eval_transform(model.img_size, mean=model.extra.get("mean", IMAGENET_MEAN),
+                          std=model.extra.get("std", IMAGENET_STD))
+
+
+_default_transform = index_transform
 
 
 def _preprocess_meta(model: ModelIdentity) -> dict[str, Any]:
-    return {"resize": [model.img_size, model.img_size], "interpolation": "bilinear", "normalize": "imagenet",
+    norm = {"mean": model.extra["mean"], "std": model.extra["std"]} if "mean" in model.extra else "imagenet"
+    return {"resize": [model.img_size, model.img_size], "interpolation": "bilinear", "normalize": norm,
             "alpha_background": "white", "exif_transpose": True, "photo_modality": "img", "query_modality": "skt"}

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tvt.errors import CheckpointError, InputError
 from tvt.search.backends import SearchBackend, make_backend
 from tvt.search.embed import embed_batch
-from tvt.search.index import CACHE_DIR, PhotoIndex, display_name, log, sha256_file
+from tvt.search.index import CACHE_DIR, PhotoIndex, display_name, index_transform, log
 
 Query = Union[str, Path, Image.Image, np.ndarray, Sequence]
 STROKE_SUFFIXES = (".ndjson", ".json")
@@ -132,8 +132,6 @@ class Retriever:
     def __init__(self, index: PhotoIndex, encoder: Callable[[torch.Tensor, str], torch.Tensor],
                  backend: SearchBackend | None = None,
                  transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
-        from tvt.data.transforms import eval_transform
-
         dim = getattr(encoder, "dim", index.model.dim)
         if dim != index.model.dim:
             raise CheckpointError(f"the encoder gives {dim}-d features but index {index.index_dir} "
@@ -141,7 +139,7 @@ class Retriever:
         self.index = index
         self.encoder = encoder
         self.backend = backend if backend is not None else make_backend("exact", index.embeddings)
-        self.transform = transform or eval_transform(index.model.img_size)
+        self.transform = transform or index_transform(index.model)
         self._lock = threading.Lock()
 
     @classmethod
@@ -204,21 +202,27 @@ def _is_many(queries: Any) -> bool:
 
 
 def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device: str = "cpu") -> Any:
-    """The encoder that built ``index``: its checkpoint (or ``checkpoint``), checked by sha256."""
-    from tvt.models.weights import load_encoder
+    """The encoder that built ``index``: its checkpoint, model folder or pretrained backbone's
+    weights (or ``checkpoint``, the same at a new location), checked by sha256."""
+    from tvt.models.resolve import open_encoder
+    from tvt.search.embed import model_sha256
 
     path = Path(checkpoint).expanduser() if checkpoint is not None else Path(str(index.model.checkpoint))
     if index.model.checkpoint is None and checkpoint is None:
         raise CheckpointError(f"index {index.index_dir} records no checkpoint; pass --checkpoint")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} (used to build index {index.index_dir}) is not there; "
                               "pass --checkpoint with its new location")
-    digest = sha256_file(path)
+    digest = model_sha256(path)
     if index.model.sha256 and digest != index.model.sha256:
         raise CheckpointError(f"checkpoint {path} (sha256 {digest[:12]}) is not the one that built index "
                               f"{index.index_dir} (sha256 {index.model.sha256[:12]}); pass that checkpoint, "
                               "or re-index with `tvt index --rebuild`")
-    encoder = load_encoder(path, return_idx=index.model.return_idx, device=device)
+    backbone = index.model.extra.get("pretrained_backbone")
+    if backbone:
+        encoder = open_encoder(backbone=backbone, weights=path, img_size=index.model.img_size, device=device)
+    else:
+        encoder = open_encoder(path, return_idx=index.model.return_idx, device=device)
     if encoder.img_size != index.model.img_size:
         raise CheckpointError(f"checkpoint {path} expects {encoder.img_size}px inputs, "
                               f"the index {index.model.img_size}px")
