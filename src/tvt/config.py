@@ -46,6 +46,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # "" = the paper's DINO ViT (sizes read from the checkpoint); else a named timm backbone
+    # (tvt.models.backbones, e.g. dinov2_vits14): architecture and normalisation follow it.
+    backbone: str = ""
     patch_size: int = 8
     embed_dim: int = 384
     depth: int = 12
@@ -68,6 +71,10 @@ class SketchConfig:
 
     output_dir: str = "runs/sketch"
     init: str = ""  # full DINO checkpoint of the image ViT ("" = random init, only for demos)
+    # "checkpoint": sketch.init holds backbone + DINO head (the paper). "new": sketch.init holds only the
+    # weights of model.backbone (DINOv2, CLIP, SigLIP release no head); a fresh DINO head is grown (extension).
+    init_head: str = "checkpoint"
+    freeze_backbone: bool = False  # train only the DINO head (growing a head on a pretrained backbone)
     modality: str = "sketch"  # "photo" pretrains an image ViT the same way (used by the demo)
     epochs: int = 50
     batch_size: int = 512
@@ -187,6 +194,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sketch.modality": ("sketch", "photo"),
     "sketch.clip_mode": ("per_substep", "per_step"),
     "sketch.selection": ("holdout", "last"),
+    "sketch.init_head": ("checkpoint", "new"),
     "sketch.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.teacher_crops": ("all", "global"),

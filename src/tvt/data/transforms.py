@@ -102,10 +102,11 @@ def _check_size(name: str, size: int) -> int:
     return int(size)
 
 
-def augment_pipeline(size: int, scale: Sequence[float], blur_p: float, solarize_p: float = 0.0) -> T.Compose:
+def augment_pipeline(size: int, scale: Sequence[float], blur_p: float, solarize_p: float = 0.0,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> T.Compose:
     """One crop pipeline: bicubic RandomResizedCrop -> flip/colour -> blur -> [solarize] -> tensor.
 
-    Output: ``Tensor [3, size, size]``, ImageNet-normalised.
+    Output: ``Tensor [3, size, size]``, normalised with ``mean``/``std`` (ImageNet's by default).
     """
     steps: list[Callable] = [
         T.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC),
@@ -114,7 +115,7 @@ def augment_pipeline(size: int, scale: Sequence[float], blur_p: float, solarize_
     ]
     if solarize_p > 0:
         steps.append(Solarization(solarize_p))
-    steps.append(_normalize())
+    steps.append(_normalize(mean, std))
     return T.Compose(steps)
 
 
@@ -129,7 +130,8 @@ def eval_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
 
 def tvt_train_transform(size: int = 224, scale: Sequence[float] = (0.14, 1.0), global_crops: int = 1,
                         local_crops: int = 0, local_size: int = 96, local_scale: Sequence[float] = (0.05, 0.4),
-                        solarize: bool = True) -> MultiCrop:
+                        solarize: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> MultiCrop:
     """Stage-B (TVT) augmentation for photos and sketches alike; returns ``list[Tensor]``.
 
     Crops, in order: "global 1" (blur p 0.1, solarize p 0.2: DINO's global 2 [Q9]), then
@@ -143,14 +145,16 @@ def tvt_train_transform(size: int = 224, scale: Sequence[float] = (0.14, 1.0), g
         raise ConfigError(f"local_crops must be >= 0, got {local_crops}")
     size, local_size = _check_size("size", size), _check_size("local_size", local_size)
     scale, local_scale = _check_scale("scale", scale), _check_scale("local_scale", local_scale)
-    global1 = augment_pipeline(size, scale, blur_p=0.1, solarize_p=0.2 if solarize else 0.0)
-    global2 = augment_pipeline(size, scale, blur_p=1.0)
-    local = augment_pipeline(local_size, local_scale, blur_p=0.5)
+    norm = dict(mean=mean, std=std)
+    global1 = augment_pipeline(size, scale, blur_p=0.1, solarize_p=0.2 if solarize else 0.0, **norm)
+    global2 = augment_pipeline(size, scale, blur_p=1.0, **norm)
+    local = augment_pipeline(local_size, local_scale, blur_p=0.5, **norm)
     return MultiCrop([(global1, 1), (global2, global_crops - 1), (local, local_crops)])
 
 
 def dino_multicrop_transform(global_size: int = 224, local_size: int = 96, global_scale: Sequence[float] = (0.4, 1.0),
-                             local_scale: Sequence[float] = (0.05, 0.4), local_crops: int = 10) -> MultiCrop:
+                             local_scale: Sequence[float] = (0.05, 0.4), local_crops: int = 10,
+                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> MultiCrop:
     """Stage-A (sketch DINO) multi-crop; returns ``list[Tensor]`` of ``2 + local_crops`` crops.
 
     Global 1: blur p 1.0; global 2: blur p 0.1 + solarize p 0.2; locals: ``local_size``, blur p 0.5.
@@ -160,7 +164,8 @@ def dino_multicrop_transform(global_size: int = 224, local_size: int = 96, globa
     global_size, local_size = _check_size("global_size", global_size), _check_size("local_size", local_size)
     global_scale = _check_scale("global_scale", global_scale)
     local_scale = _check_scale("local_scale", local_scale)
-    global1 = augment_pipeline(global_size, global_scale, blur_p=1.0)
-    global2 = augment_pipeline(global_size, global_scale, blur_p=0.1, solarize_p=0.2)
-    local = augment_pipeline(local_size, local_scale, blur_p=0.5)
+    norm = dict(mean=mean, std=std)
+    global1 = augment_pipeline(global_size, global_scale, blur_p=1.0, **norm)
+    global2 = augment_pipeline(global_size, global_scale, blur_p=0.1, solarize_p=0.2, **norm)
+    local = augment_pipeline(local_size, local_scale, blur_p=0.5, **norm)
     return MultiCrop([(global1, 1), (global2, 1), (local, local_crops)])

@@ -50,7 +50,9 @@ from tvt.eval.extract import extract_features
 from tvt.eval.metrics import retrieval_metrics
 from tvt.losses.dino import DINOCenter
 from tvt.losses.objective import sketch_dino_loss
+from tvt.models.backbones import backbone_norm
 from tvt.models.heads import DINOHead
+from tvt.models.named import stage_a_teacher
 from tvt.models.vit import build_vit
 from tvt.models.weights import load_teacher
 from tvt.models.wrappers import Teacher
@@ -67,6 +69,8 @@ def split_holdout(train_classes: list[str], fraction: float, seed: int) -> tuple
 def build_teacher(cfg: Config) -> Teacher:
     """The stage-A starting model: a full DINO checkpoint, or random weights when asked explicitly."""
     sc, m = cfg.sketch, cfg.model
+    if (named := stage_a_teacher(cfg)) is not None:  # model.backbone names a timm backbone
+        return named
     if sc.init == "random":
         head = DINOHead(m.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim, norm_last_layer=sc.norm_last_layer)
         return Teacher(build_vit(config_arch(cfg)), head)
@@ -87,7 +91,8 @@ def holdout_score(backbone: nn.Module, folder_root: Path, classes: list[str], ou
                   device: torch.device, batch_size: int = 64, *, alpha_background: str = "white",
                   cache_dir: str | None = None) -> dict[str, float]:
     """Intra-modal retrieval (query excluded from the gallery) on held-out training classes."""
-    ds = ClassFolder(folder_root, classes, eval_transform(img_size), outliers=outliers,
+    norm = {k: getattr(backbone.arch, k) for k in ("mean", "std") if hasattr(backbone.arch, k)}  # named backbones
+    ds = ClassFolder(folder_root, classes, eval_transform(img_size, **norm), outliers=outliers,
                      alpha_background=alpha_background, cache_dir=cache_dir)
     was = backbone.training
     backbone.eval()
@@ -131,6 +136,7 @@ class SketchTask:
         self.teacher = build_teacher(cfg).to(self.info.device)
         self.student = copy.deepcopy(self.teacher)  # spec §5: the student starts as a copy of the teacher
         set_drop_path(self.student.backbone, sc.drop_path_rate)
+        self.student.backbone.requires_grad_(not sc.freeze_backbone)  # head-only growth (sketch.init_head=new)
         g = getattr(self.student.head.last_layer, "weight_g", None)
         if g is not None:
             g.requires_grad_(not sc.norm_last_layer)
@@ -165,7 +171,7 @@ class SketchTask:
         cfg, sc, info = self.cfg, self.cfg.sketch, self.info
         tf = dino_multicrop_transform(global_size=cfg.data.img_size, local_size=sc.local_crops_size,
                                       global_scale=tuple(sc.global_crops_scale), local_scale=tuple(sc.local_crops_scale),
-                                      local_crops=sc.local_crops)
+                                      local_crops=sc.local_crops, **backbone_norm(cfg.model.backbone))
         ds = ClassFolder(self.root, self.train_classes, tf, outliers=self.outliers,
                          alpha_background=cfg.data.alpha_background, cache_dir=cfg.data.cache_dir or None)
         world = info.world_size * self.virtual
@@ -322,7 +328,8 @@ class SketchTask:
         m = float(self.momentum[it])
         with torch.no_grad():
             for p_s, p_t in zip(self.student.parameters(), self.teacher.parameters()):
-                p_t.mul_(m).add_(p_s.detach(), alpha=1 - m)
+                if p_s.requires_grad:  # a frozen backbone stays bit-identical
+                    p_t.mul_(m).add_(p_s.detach(), alpha=1 - m)
 
 
 def build(cfg: Config, device: str = "auto") -> SketchTask:

@@ -45,6 +45,8 @@ from tvt.errors import ConfigError
 from tvt.losses.dino import DINOCenter
 from tvt.losses.hypersphere import CenterAlignment
 from tvt.losses.objective import tvt_loss
+from tvt.models.backbones import backbone_norm
+from tvt.models.named import check_teacher_backbone
 from tvt.models.weights import init_student_from_teacher, load_teacher
 
 __all__ = ["TVTTask", "build", "check_config", "datasets", "rank_rows", "train"]
@@ -70,7 +72,8 @@ def datasets(cfg: Config, split: Split) -> tuple[ClassFolder, ClassFolder]:
     """The augmented photo and sketch training sets of stage B (spec §1.6)."""
     d = cfg.data
     common = dict(size=d.img_size, scale=tuple(d.global_crops_scale), global_crops=d.global_crops,
-                  local_crops=d.local_crops, local_size=d.local_crops_size, local_scale=tuple(d.local_crops_scale))
+                  local_crops=d.local_crops, local_size=d.local_crops_size, local_scale=tuple(d.local_crops_scale),
+                  **backbone_norm(cfg.model.backbone))
     root, cache = Path(d.root) / d.dataset, d.cache_dir or None
     photos = ClassFolder(root / "photo", split.train_classes, tvt_train_transform(**common, solarize=True),
                          alpha_background=d.alpha_background, cache_dir=cache)
@@ -98,6 +101,8 @@ class TVTTask:
         dev = self.info.device
         self.teacher_img = load_teacher(t.image_teacher).to(dev).eval().requires_grad_(False)
         self.teacher_skt = load_teacher(t.sketch_teacher).to(dev).eval().requires_grad_(False)
+        for teacher, path in ((self.teacher_img, t.image_teacher), (self.teacher_skt, t.sketch_teacher)):
+            check_teacher_backbone(cfg.model.backbone, teacher, path)  # transforms follow model.backbone
         student = init_student_from_teacher(self.teacher_img, num_classes=len(self.split.train_classes),
                                             token_num=cfg.model.token_num, pos_resample=cfg.model.pos_resample)
         if not t.disable_dropout:  # official: the student trains with drop-path 0.1 unless dropout is disabled

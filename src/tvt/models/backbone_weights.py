@@ -87,9 +87,9 @@ def read_backbone_weights(path: str | Path) -> tuple[dict[str, Tensor], str | No
     """(state dict, backbone name recorded by a model folder or None) of a file or folder."""
     p = Path(path).expanduser()
     if p.is_dir():
-        cfg = read_folder_config(p)
+        name = folder_backbone(p, read_folder_config(p))
         wfile = folder_weights(p)
-        return _state_of(read_checkpoint(wfile), wfile), folder_backbone(p, cfg)
+        return _state_of(read_checkpoint(wfile), wfile), name
     return _state_of(read_checkpoint(p), p), None
 
 

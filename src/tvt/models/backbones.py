@@ -195,3 +195,16 @@ def size_from_state(name: str, state: dict[str, torch.Tensor], where: str) -> tu
     if not blocks:
         raise CheckpointError(f"{where}: no transformer blocks (blocks.N.*) among the weights")
     return grid * int(probe.patch_embed.patch_size[0]), len(blocks)
+
+
+def backbone_norm(name: str) -> dict[str, tuple[float, ...]]:
+    """``{"mean", "std"}`` of backbone ``name`` from timm's pretrained config ("" = the paper's
+    DINO ViT: ImageNet's), for the training and evaluation transforms."""
+    import timm
+
+    if not name:
+        return {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    cfg = timm.get_pretrained_cfg(resolve(name)[0])
+    if cfg is None:
+        return {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    return {"mean": tuple(float(v) for v in cfg.mean), "std": tuple(float(v) for v in cfg.std)}

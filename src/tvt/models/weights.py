@@ -96,7 +96,9 @@ def _teacher_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[
             raise CheckpointError(
                 f"checkpoint {path} is a backbone-only ViT file (no DINO head); a full checkpoint "
                 f"with a `{key}` entry holding backbone and DINO head is needed (e.g. DINO's "
-                "*_pretrain_full_checkpoint.pth, or a `tvt pretrain-sketch` checkpoint)"
+                "*_pretrain_full_checkpoint.pth, or a `tvt pretrain-sketch` checkpoint); for a backbone released "
+                "without a DINO head (DINOv2, CLIP, SigLIP) grow one: model.backbone=NAME, sketch.init_head=new "
+                "(README, \"Which model should I use?\")"
             )
         raise CheckpointError(
             f"checkpoint {path} has no `{key}` entry (entries: {describe(ckpt)}); a DINO full "
