@@ -138,6 +138,7 @@ def clean_state(state: Any, path: Path | str, entry: str) -> dict[str, Tensor]:
             f"checkpoint {path}: entry {entry!r} has non-tensor values under {bad[:5]}; "
             "expected a model state dict"
         )
+    check_finite(state, path, entry)
     return legacy_weight_norm(strip_prefixes(state))
 
 
@@ -262,12 +263,13 @@ def infer_head_dims(head: Mapping[str, Tensor], path: Path | str, name: str) -> 
     return dims
 
 
-def check_finite(state: Mapping[str, Any], path: Path | str) -> None:
+def check_finite(state: Mapping[str, Any], path: Path | str, entry: str = "") -> None:
     """Refuse NaN/inf weights: a model built from them gives NaN features without any error."""
+    where = f"entry {entry!r}, " if entry and not entry.startswith("<") else ""
     for key, value in state.items():
         if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise _err(path, f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is damaged or "
+            raise _err(path, f"{where}tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is damaged or "
                              "comes from a diverged run: use an earlier checkpoint")
 
 
