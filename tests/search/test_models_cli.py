@@ -154,3 +154,20 @@ def test_weak_model_warning_once(photos, tmp_path, tiny_ckpt, capsys):
     assert main(["index", str(photos), "--checkpoint", str(tmp_path / "many.pth"), "--out", str(tmp_path / "k"),
                  "--no-progress"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_index_with_timm_model_folder_as_checkpoint(photos, synth_photos, tmp_path, capsys):
+    """A timm/HF model folder names its own backbone: --checkpoint FOLDER is enough, also to search."""
+    from timm.models._hub import save_for_hf
+
+    from tvt.models.backbones import build_named_vit
+
+    torch.manual_seed(0)
+    save_for_hf(build_named_vit("dinov2_vits14", 28, depth=2), str(tmp_path / "hf"), safe_serialization=True)
+    out = tmp_path / "idx"
+    assert main(["index", str(photos), "--checkpoint", str(tmp_path / "hf"), "--out", str(out), "--no-progress"]) == 0
+    model = json.loads((out / "index.json").read_text())["model"]
+    assert model["extra"]["pretrained_backbone"] == "vit_small_patch14_dinov2.lvd142m" and model["img_size"] == 224
+    capsys.readouterr()
+    sketch = next((synth_photos / "sketch").rglob("*.png"))
+    assert len(_search(sketch, out, capsys)) == 6

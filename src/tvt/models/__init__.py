@@ -3,6 +3,8 @@
 See spec §2 (architecture) and §3 (initialisation, checkpoints).
 """
 
+from tvt.models.backbones import BACKBONES, build_named_vit
+from tvt.models.backbone_weights import load_named_backbone
 from tvt.models.fusion import FusionViT
 from tvt.models.heads import DINOHead, FusionHead
 from tvt.models.vit import DinoViT, ViTArch, build_vit
@@ -16,9 +18,14 @@ from tvt.models.weights import (
     load_teacher,
     read_checkpoint,
 )
+from tvt.models.resolve import open_encoder
 from tvt.models.wrappers import Student, StudentOutput, Teacher
 
 __all__ = [
+    "BACKBONES",
+    "build_named_vit",
+    "load_named_backbone",
+    "open_encoder",
     "DINOHead",
     "DinoViT",
     "Encoder",

@@ -99,6 +99,10 @@ def resolve(name: str) -> tuple[str, BackboneSpec | None]:
     if name in BACKBONES:
         return BACKBONES[name].timm_name, BACKBONES[name]
     if timm.is_model(name):
+        # a registered backbone named by its timm name (e.g. from a model folder) keeps its defaults
+        for spec in BACKBONES.values():
+            if spec.timm_name == name or spec.timm_name.split(".")[0] == name:
+                return name, spec
         return name, None
     short = ", ".join(BACKBONES)
     raise ConfigError(f"unknown backbone {name!r}: use one of {short}, or a timm ViT name "

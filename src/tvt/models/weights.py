@@ -447,7 +447,8 @@ def load_encoder(path: str | Path, return_idx: int | None = 0, device: str | tor
 
         if read_folder_config(p).get("format") == MODEL_FORMAT:
             return load_model_folder(p, return_idx, device)
-        return Encoder(load_named_backbone(p), "vit", return_idx or 0, device)
+        vit = load_named_backbone(p)
+        return Encoder(vit, "vit", return_idx or 0, device, info={"pretrained_backbone": vit.arch.backbone})
     return_idx = return_idx or 0
     ckpt = read_checkpoint(p)
     info = training_info(ckpt)
