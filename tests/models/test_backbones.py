@@ -203,3 +203,14 @@ def test_named_teacher_and_student_checkpoints(name, tmp_path):
     assert enc.kind == "tvt" and enc.mean == tuple(teacher.backbone.arch.mean)
     torch.testing.assert_close(enc(x, "img"), student.features(x, "img", 3))
     assert enc.info["train_classes"] == ["a", "b", "c"]
+
+
+def test_attention_map_skips_register_tokens():
+    from tvt.eval.attention import attention_for
+
+    teacher = tiny_teacher("dinov2_vits14_reg")
+    student = init_student_from_teacher(teacher, num_classes=CLASSES).eval()
+    x = x_of("dinov2_vits14_reg", n=2)
+    for model in (student, teacher):  # 2 x 2 patches; rows sum to 1 minus the prefix tokens' share
+        att = attention_for(model, x)
+        assert att.shape == (2, 2, 2) and bool((att.sum((1, 2)) <= 1 + 1e-5).all())

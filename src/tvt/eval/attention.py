@@ -44,9 +44,10 @@ def attention_for(model: nn.Module, x: Tensor) -> Tensor:
     """Attention maps of the fusion token (TVT student) or of CLS (plain ViT / teacher)."""
     backbone = getattr(model, "backbone", model)
     token_num = getattr(backbone, "token_num", None)
+    n_prefix = int(getattr(backbone, "num_prefix_tokens", token_num or 1))  # register tokens count too
     if token_num:  # fusion ViT: the fusion token is the last special token
-        return last_block_attention(backbone, x, token_num - 1, token_num)
-    return last_block_attention(backbone, x, 0, 1)
+        return last_block_attention(backbone, x, token_num - 1, n_prefix)
+    return last_block_attention(backbone, x, 0, n_prefix)
 
 
 def _overlay(img: Image.Image, att: np.ndarray, size: int) -> Image.Image:

@@ -145,6 +145,12 @@ class NamedFusionViT(nn.Module):
         return TOKEN_NAMES[self.token_num]
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Special tokens plus the backbone's register tokens (everything before the patches)."""
+        reg = self.vit.reg_token
+        return self.token_num + (int(reg.shape[1]) if reg is not None else 0)
+
+    @property
     def blocks(self) -> nn.Module:
         """The backbone's blocks (stochastic depth and head counts are read from them)."""
         return self.vit.blocks
