@@ -105,7 +105,8 @@ def test_family_tvt_forward_and_training_step(name):
     before = student.backbone.fusion_token.detach().clone()
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])
-    assert student.backbone.fusion_token.grad is not None and student.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert student.backbone.fusion_token.grad is not None
+    assert student.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(before, student.backbone.fusion_token)
     for idx in range(4):
@@ -149,7 +150,8 @@ def test_official_dinov2_layout_with_registers(tmp_path):
     official = {**state, "register_tokens": reg, "cls_token": cls - cls_pos,
                 "pos_embed": torch.cat([cls_pos, pos], dim=1), "mask_token": torch.zeros(1, pos.shape[-1])}
     torch.save(official, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
-    loaded = load_named_backbone(tmp_path / "dinov2_vits14_reg4_pretrain.pth", "dinov2_vits14_reg", small("dinov2_vits14_reg"))
+    loaded = load_named_backbone(tmp_path / "dinov2_vits14_reg4_pretrain.pth", "dinov2_vits14_reg",
+                                 small("dinov2_vits14_reg"))
     x = x_of("dinov2_vits14_reg")
     torch.testing.assert_close(loaded(x), vit(x), rtol=1e-5, atol=1e-5)
 

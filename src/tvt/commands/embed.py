@@ -24,8 +24,8 @@ HELP = "compute L2-normalised features of image files with a checkpoint and save
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files; one output row each, in this order")
     p.add_argument("--checkpoint", required=True,
-                   help="TVT, stage-A, DINO (backbone or full) or timm ViT checkpoint, or a model folder (`tvt export`, "
-                        "timm/Hugging Face)")
+                   help="TVT, stage-A, DINO (backbone or full) or timm ViT checkpoint, or a model folder "
+                        "(`tvt export`, timm/Hugging Face)")
     p.add_argument("--out", required=True, help="output .npy file (float32 [N, D])")
     p.add_argument("--return-idx", type=int, default=0, choices=[0, 1, 2, 3],
                    help="TVT feature (spec §2.4): 0 fusion token (default), 1 fusion+distillation mean, "
@@ -63,7 +63,8 @@ def embed_files(encoder, paths: list[Path], modality: str, img_size: int, batch_
     from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
     # the backbone's own normalisation (CLIP's and SigLIP's are not ImageNet's)
-    tf = eval_transform(img_size, mean=getattr(encoder, "mean", IMAGENET_MEAN), std=getattr(encoder, "std", IMAGENET_STD))
+    tf = eval_transform(img_size, mean=getattr(encoder, "mean", IMAGENET_MEAN),
+                        std=getattr(encoder, "std", IMAGENET_STD))
     rows = []
     with tqdm(total=len(paths), desc="embed", unit="img", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):

@@ -269,8 +269,8 @@ def check_finite(state: Mapping[str, Any], path: Path | str, entry: str = "") ->
     for key, value in state.items():
         if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise _err(path, f"{where}tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is damaged or "
-                             "comes from a diverged run: use an earlier checkpoint")
+            raise _err(path, f"{where}tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is "
+                             "damaged or comes from a diverged run: use an earlier checkpoint")
 
 
 def check_load(result: Any, path: Path | str, what: str, ignore_missing: Iterable[str] = ()) -> None:

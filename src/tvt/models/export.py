@@ -77,7 +77,8 @@ def model_config(encoder: Encoder, ckpt: Mapping[str, Any], source: Path, licenc
 
 def model_card(cfg: Mapping[str, Any]) -> str:
     """README.md of an exported model: what it is, its data, config, metrics and licence."""
-    kind = "a TVT fusion ViT (zero-shot sketch-based image retrieval)" if cfg["kind"] == "tvt" else "a plain ViT encoder"
+    kind = ("a TVT fusion ViT (zero-shot sketch-based image retrieval)" if cfg["kind"] == "tvt"
+            else "a plain ViT encoder")
     lines = [f"# tvt model: {cfg['backbone']}", "", f"This folder holds {kind}, exported by `tvt export` from "
              f"`{cfg['source']['file']}` (sha256 `{cfg['source']['sha256'][:16]}…`). Load it with "
              "`tvt index PHOTOS --checkpoint THIS_FOLDER`, `tvt search/serve/embed/eval --checkpoint THIS_FOLDER` or "

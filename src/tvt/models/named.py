@@ -20,17 +20,19 @@ from torch import Tensor, nn
 
 from tvt.errors import CheckpointError, ConfigError
 from tvt.models.backbone_weights import block_count, load_named_state
+from tvt.models.convert import check_load, clean_state, infer_head_dims, sub_state
 from tvt.models.backbones import build_named_vit, pos_prefix_rows
 from tvt.models.fusion import NamedFusionViT
-from tvt.models.heads import DINOHead
-from tvt.models.wrappers import Teacher
+from tvt.models.heads import DINOHead, FusionHead
+from tvt.models.wrappers import Student, Teacher
 
 # The fusion ViT's own prefix tokens replace the class token; positions cover the patches only;
 # the pooled feature (CLS or SigLIP's attention pool) is not used.
 FUSION_TIMM_KWARGS = {"class_token": False, "no_embed_class": True, "global_pool": ""}
 
 
-def plain_from_state(name: str, state: Mapping[str, Tensor], where: str | Path, img_size: int | None = None) -> nn.Module:
+def plain_from_state(name: str, state: Mapping[str, Tensor], where: str | Path,
+                     img_size: int | None = None) -> nn.Module:
     """Named plain ViT whose weights are ``state`` (timm keys); size from the weights unless given."""
     from tvt.models.backbones import size_from_state
 
@@ -94,6 +96,37 @@ def fusion_from_teacher(backbone: nn.Module, token_num: int) -> NamedFusionViT:
             for name in fusion.token_names:
                 getattr(fusion, name).copy_(start)
     return fusion
+
+
+def student_from_teacher(teacher: nn.Module, num_classes: int, token_num: int) -> Student:
+    """§3.3 for a named backbone: :func:`fusion_from_teacher`, heads copied as for DINO."""
+    state = clean_state(teacher.state_dict(), "<teacher state>", "teacher")
+    head = sub_state(state, "head.")
+    if not head:
+        raise CheckpointError("the teacher has no DINO head (head.*); grow one with sketch.init_head=new (README)")
+    dims = infer_head_dims(head, "<teacher state>", "DINO head")
+    backbone = fusion_from_teacher(teacher.backbone, token_num)
+    student = heads_around(backbone, token_num, dims, num_classes)
+    new = {f"head.{k}": v for k, v in head.items()}
+    if token_num == 3:
+        new.update({f"head_skt.{k}": v for k, v in head.items()})
+    new.update({f"head_fusion.{k}": v for k, v in head.items() if k.startswith("mlp.")})
+    result = student.load_state_dict(new, strict=False)
+    check_load(result, "<teacher state>", "TVT student heads",
+               ignore_missing=[k for k in student.state_dict() if k.startswith("backbone.")]
+               + ["head_fusion.fc.weight", "head_fusion.fc.bias"])
+    return student
+
+
+def heads_around(backbone: nn.Module, token_num: int, head_dims: dict, num_classes: int,
+                  fusion_dims: dict | None = None) -> Student:
+    """A Student of random heads of the given sizes around ``backbone``."""
+    dim = backbone.arch.embed_dim
+    mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    fusion_mlp = {k: (fusion_dims or head_dims)[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
+    head = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp)
+    head_skt = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp) if token_num == 3 else None
+    return Student(backbone, head, FusionHead(dim, num_classes, **fusion_mlp), head_skt)
 
 
 def new_dino_head(embed_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int,

@@ -31,7 +31,7 @@ from tvt.models.convert import (
 from tvt.models.backbones import is_named
 from tvt.models.fusion import POS_RESAMPLE_MODES, FusionViT, NamedFusionViT
 from tvt.models.heads import DINOHead, FusionHead
-from tvt.models.named import fusion_from_teacher, fusion_size, fusion_vit, plain_from_state
+from tvt.models.named import fusion_size, fusion_vit, heads_around, plain_from_state, student_from_teacher
 from tvt.models.vit import DinoViT, ViTArch, build_vit
 from tvt.models.wrappers import RETURN_IDX, Student, Teacher, check_modality
 
@@ -209,7 +209,7 @@ def init_student_from_teacher(
     module or ``num_heads`` for other head sizes.
     """
     if isinstance(teacher_state, nn.Module) and is_named(getattr(teacher_state, "backbone", teacher_state)):
-        return _named_student_from_teacher(teacher_state, num_classes, token_num)
+        return student_from_teacher(teacher_state, num_classes, token_num)
     if isinstance(teacher_state, nn.Module):
         backbone_module = getattr(teacher_state, "backbone", teacher_state)
         if num_heads is None and hasattr(backbone_module, "blocks"):
@@ -235,37 +235,6 @@ def init_student_from_teacher(
     fresh = ("head_fusion.fc.weight", "head_fusion.fc.bias")
     _load(student, new, "<teacher state>", "TVT student", ignore_missing=fresh)
     return student
-
-
-def _named_student_from_teacher(teacher: nn.Module, num_classes: int, token_num: int) -> Student:
-    """§3.3 for a named backbone: :func:`tvt.models.named.fusion_from_teacher`, heads as for DINO."""
-    state = clean_state(teacher.state_dict(), "<teacher state>", "teacher")
-    head = sub_state(state, "head.")
-    if not head:
-        raise CheckpointError("the teacher has no DINO head (head.*); grow one with sketch.init_head=new (README)")
-    dims = infer_head_dims(head, "<teacher state>", "DINO head")
-    backbone = fusion_from_teacher(teacher.backbone, token_num)
-    student = _heads_around(backbone, token_num, dims, num_classes)
-    new = {f"head.{k}": v for k, v in head.items()}
-    if token_num == 3:
-        new.update({f"head_skt.{k}": v for k, v in head.items()})
-    new.update({f"head_fusion.{k}": v for k, v in head.items() if k.startswith("mlp.")})
-    result = student.load_state_dict(new, strict=False)
-    check_load(result, "<teacher state>", "TVT student heads",
-               ignore_missing=[k for k in student.state_dict() if k.startswith("backbone.")]
-               + ["head_fusion.fc.weight", "head_fusion.fc.bias"])
-    return student
-
-
-def _heads_around(backbone: nn.Module, token_num: int, head_dims: dict, num_classes: int,
-                  fusion_dims: dict | None = None) -> Student:
-    """A Student of random heads of the given sizes around ``backbone``."""
-    dim = backbone.arch.embed_dim
-    mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
-    fusion_mlp = {k: (fusion_dims or head_dims)[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
-    head = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp)
-    head_skt = DINOHead(dim, out_dim=head_dims["out_dim"], **mlp) if token_num == 3 else None
-    return Student(backbone, head, FusionHead(dim, num_classes, **fusion_mlp), head_skt)
 
 
 def _student_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
@@ -301,8 +270,8 @@ def build_student(
     if hint.get("backbone"):
         name = str(hint["backbone"])
         vit_state = sub_state(backbone, "vit.")
-        student = _heads_around(fusion_vit(name, *fusion_size(name, vit_state, path), token_num), token_num, dims,
-                                fusion["num_classes"], fusion)
+        student = heads_around(fusion_vit(name, *fusion_size(name, vit_state, path), token_num), token_num, dims,
+                               fusion["num_classes"], fusion)
         _load(student, state, path, f"TVT student ({name})")
         return student
     arch = infer_vit_arch(backbone, path, prefix_tokens=token_num, hint=hint)
