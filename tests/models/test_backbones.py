@@ -216,3 +216,15 @@ def test_attention_map_skips_register_tokens():
     for model in (student, teacher):  # 2 x 2 patches; rows sum to 1 minus the prefix tokens' share
         att = attention_for(model, x)
         assert att.shape == (2, 2, 2) and bool((att.sum((1, 2)) <= 1 + 1e-5).all())
+
+
+def test_weights_of_another_size_are_resampled_to_the_model_grid(tmp_path):
+    """DINOv2 is released at 518 px: its position grid is resized to the requested input (timm's rule)."""
+    from timm.layers import resample_abs_pos_embed
+
+    big = build_named_vit("dinov2_vits14", 56, depth=2)  # a 4 x 4 grid
+    torch.save(big.state_dict(), tmp_path / "big.pth")
+    small_model = load_named_backbone(tmp_path / "big.pth", "dinov2_vits14", 28)  # 2 x 2
+    want = resample_abs_pos_embed(big.pos_embed, new_size=(2, 2), old_size=(4, 4), num_prefix_tokens=1)
+    torch.testing.assert_close(small_model.pos_embed, want)
+    assert torch.equal(small_model.blocks[1].mlp.fc2.weight, big.blocks[1].mlp.fc2.weight)

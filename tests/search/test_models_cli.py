@@ -171,3 +171,18 @@ def test_index_with_timm_model_folder_as_checkpoint(photos, synth_photos, tmp_pa
     capsys.readouterr()
     sketch = next((synth_photos / "sketch").rglob("*.png"))
     assert len(_search(sketch, out, capsys)) == 6
+
+
+def test_serve_warns_once_about_a_weak_model(photos, tmp_path, tiny_ckpt, monkeypatch, capsys):
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    ckpt.update(dataset="synth", train_classes=["a", "b"])
+    torch.save(ckpt, tmp_path / "demo.pth")
+    out = tmp_path / "idx"
+    assert main(["index", str(photos), "--checkpoint", str(tmp_path / "demo.pth"), "--out", str(out),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)  # no server: only the start-up messages
+    assert main(["serve", "--index", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().err.count("trained on the synthetic 'synth'") == 1
