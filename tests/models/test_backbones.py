@@ -228,3 +228,15 @@ def test_weights_of_another_size_are_resampled_to_the_model_grid(tmp_path):
     want = resample_abs_pos_embed(big.pos_embed, new_size=(2, 2), old_size=(4, 4), num_prefix_tokens=1)
     torch.testing.assert_close(small_model.pos_embed, want)
     assert torch.equal(small_model.blocks[1].mlp.fc2.weight, big.blocks[1].mlp.fc2.weight)
+
+
+def test_teacher_of_another_backbone_is_refused():
+    from tvt.models.named import check_teacher_backbone
+
+    teacher = tiny_teacher("dinov2_vits14")
+    check_teacher_backbone("dinov2_vits14", teacher, "t.pth")
+    check_teacher_backbone("vit_small_patch14_dinov2.lvd142m", teacher, "t.pth")  # same architecture, timm's name
+    with pytest.raises(ConfigError, match="model.backbone=dinov2_vits14"):
+        check_teacher_backbone("", teacher, "t.pth")  # transforms would use ImageNet's constants for a named ViT
+    with pytest.raises(ConfigError, match="clip_vitb16"):
+        check_teacher_backbone("clip_vitb16", teacher, "t.pth")

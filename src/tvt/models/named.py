@@ -138,11 +138,18 @@ def new_dino_head(embed_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim:
 INIT_HEADS = ("checkpoint", "new")
 
 
+def _arch_name(name: str) -> str:
+    """timm architecture of a backbone name without its pretrained tag ("" for the paper's ViT)."""
+    from tvt.models.backbones import resolve
+
+    return resolve(name)[0].split(".")[0] if name else ""
+
+
 def check_teacher_backbone(model_backbone: str, teacher: nn.Module, where: str | Path) -> None:
     """The transforms follow ``model.backbone``: refuse a teacher of another backbone."""
     arch = getattr(getattr(teacher, "backbone", teacher), "arch", None)
     got = getattr(arch, "backbone", "")
-    if got != model_backbone:
+    if _arch_name(got) != _arch_name(model_backbone):
         raise ConfigError(f"{where} holds a {got or 'DINO (paper)'} ViT but model.backbone is "
                           f"{model_backbone or 'unset (the paper DINO ViT)'}; set model.backbone={got} so that "
                           "images are normalised as the backbone expects")
