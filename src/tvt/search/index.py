@@ -405,7 +405,7 @@ def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: Mo
         report.total = report.unchanged = len(old)
         return report  # nothing to write: also works on a read-only or full disk
     writer = ShardWriter(out, model, root, fresh=rebuild)
-    for rel, emb, reason in embed_files(root, todo, files, encoder, transform or _default_transform(model),
+    for rel, emb, reason in embed_files(root, todo, files, encoder, transform or index_transform(model),
                                         batch_size=batch_size, num_workers=num_workers, writer=writer,
                                         flush_every=flush_every, progress=progress):
         if emb is None:
@@ -449,8 +449,6 @@ def index_transform(model: ModelIdentity) -> Callable[[Any], Any]:
     return eval_transform(model.img_size, mean=model.extra.get("mean", IMAGENET_MEAN),
                           std=model.extra.get("std", IMAGENET_STD))
 
-
-_default_transform = index_transform
 
 
 def _preprocess_meta(model: ModelIdentity) -> dict[str, Any]:
