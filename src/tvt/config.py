@@ -133,6 +133,10 @@ class TrainConfig:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     backbone_lr_mult: float = 0.1
+    # LR multiplier of the fusion classifier head_fusion.fc alone (1 = the paper). Its input is a unit
+    # vector, so the logits grow only as fast as Adam grows its weights: a short run (the CPU demo)
+    # needs a larger step there for L_CLS to move at all.
+    fc_lr_mult: float = 1.0
     clip_grad: float = 3.0  # per parameter tensor [Q15]
     freeze_last_layer: int = 1
     warmup_teacher_temp: float = 0.04
@@ -142,6 +146,9 @@ class TrainConfig:
     center_momentum: float = 0.9
     label_smoothing: float = 0.1
     use_align_uniform: bool = True
+    # Weights of the two distillation terms (1 = the paper); 0 switches a teacher's term off (ablations).
+    kd_img_weight: float = 1.0
+    kd_skt_weight: float = 1.0
     align_uniform_weight: float = 2.0
     align_uniform_epochs: int = 20
     ca_momentum: float = 0.9
@@ -219,6 +226,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **{f"{s}.{k}": _UNIT for s in ("sketch", "train") for k in ("center_momentum",)},
     "sketch.momentum_teacher": _UNIT, "sketch.drop_path_rate": (0.0, 0.99), "sketch.holdout_fraction": (0.0, 0.9),
     "train.skt_factor": _POS_INT, "train.early_schedule_epochs": _NONNEG, "train.backbone_lr_mult": _NONNEG,
+    "train.fc_lr_mult": (1e-6, None), "train.kd_img_weight": _NONNEG, "train.kd_skt_weight": _NONNEG,
     "train.label_smoothing": (0.0, 0.99), "train.align_uniform_weight": _NONNEG,
     "train.align_uniform_epochs": _NONNEG, "train.ca_momentum": _UNIT, "train.student_temp": (1e-6, None),
     "eval.batch_size": _POS_INT, "eval.binary_bits": _NONNEG, "eval.grid_queries": _NONNEG, "eval.grid_k": _NONNEG,

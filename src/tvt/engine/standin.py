@@ -3,9 +3,16 @@
 TVT starts from an image ViT pretrained on ImageNet with DINO (spec §3.2). The CPU demo cannot
 download it, and DINO from scratch needs far more compute than a demo has (a tiny ViT trained with
 DINO for a few CPU minutes stays at a uniform output). The demo therefore pretrains its image ViT
-with labels: label-smoothed cross-entropy of a linear classifier on the CLS token, on the photos of
-the *training* classes only (unseen classes are never touched), with the stage-B photo augmentation.
-The checkpoint has the stage-A layout (``teacher`` = backbone + a freshly initialised DINO head), so
+with labels, on the photos of the *training* classes only (unseen classes are never touched), with
+the stage-B photo augmentation.
+
+A DINO checkpoint's head is trained too, and TVT distils the student from that head's outputs. A
+freshly initialised head gives near-uniform targets (the distillation loss sits at ln K), so by
+default (``head="classes"``) the stand-in trains its DINO head with the labels: prototype ``k`` of
+the K head outputs belongs to class ``k mod C``, a class scores the log-sum-exp of its prototypes'
+logits, and label-smoothed cross-entropy runs on those scores. The teacher's targets then say which
+training classes an image resembles. ``head="random"`` trains a linear classifier on CLS instead and
+ships a fresh head. The checkpoint has the stage-A layout (``teacher`` = backbone + DINO head), so
 ``pretrain-sketch`` and ``train`` use it exactly like a DINO checkpoint.
 """
 
@@ -27,22 +34,40 @@ from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split
 from tvt.data.transforms import augment_pipeline
 from tvt.engine import checkpoint as ckpt
-from tvt.engine.common import config_arch, seed_everything
+from tvt.engine.common import JsonlLogger, config_arch, seed_everything
 from tvt.distributed import pick_device
 from tvt.models.heads import DINOHead
 from tvt.models.vit import build_vit
 from tvt.models.wrappers import Teacher
 
 STANDIN_FILE = "checkpoint.pth"
+HEADS = ("classes", "random")
+
+
+def class_scores(logits: torch.Tensor, num_classes: int, temp: float) -> torch.Tensor:
+    """[N, K] DINO-head logits -> [N, C] class scores: prototype ``k`` belongs to class ``k mod C``
+    and a class scores the log-sum-exp of its prototypes' logits / ``temp``."""
+    n, k = logits.shape
+    if k < num_classes:
+        raise ConfigError(f"the DINO head has {k} outputs, fewer than the {num_classes} training classes")
+    z = logits[:, : k - k % num_classes] / temp
+    return z.reshape(n, -1, num_classes).logsumexp(dim=1)
 
 
 def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: float = 1e-3, batch_size: int = 64,
-                  device: str = "auto", progress: bool = True) -> Path:
+                  device: str = "auto", progress: bool = True, head: str = "classes", temp: float = 0.1) -> Path:
     """Train the supervised stand-in image ViT into ``out_dir/checkpoint.pth``; returns its path.
 
     An existing checkpoint is reused (the demo resumes by stage). AdamW (weight decay 0.05), linear
     warm-up over the first 10% of ``steps``, then a cosine to 0; the architecture is ``cfg.model``.
+
+    ``head="classes"`` trains the DINO head too, through :func:`class_scores` at temperature
+    ``temp``, so the frozen teacher's distillation targets carry class structure; ``"random"``
+    trains a linear classifier on CLS and ships a freshly initialised DINO head (uniform-like
+    targets, the first demo's choice).
     """
+    if head not in HEADS:
+        raise ConfigError(f"the image ViT stand-in head must be one of {HEADS}, got {head!r}")
     if steps < 1 or batch_size < 1:
         raise ConfigError(f"the image ViT stand-in needs steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
     out = Path(out_dir) / STANDIN_FILE
@@ -61,12 +86,19 @@ def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: flo
     m = cfg.model
     arch = config_arch(cfg)
     vit = build_vit(arch).to(dev).train()
-    classifier = nn.Linear(m.embed_dim, len(split.train_classes)).to(dev)
-    params = list(vit.parameters()) + list(classifier.parameters())
+    n_cls = len(split.train_classes)
+    dino_head = DINOHead(m.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim).to(dev)
+    if head == "classes":
+        classifier: nn.Module = nn.Sequential(dino_head, _ClassScores(n_cls, temp))
+    else:
+        classifier = nn.Linear(m.embed_dim, n_cls).to(dev)
+    params = list(vit.parameters()) + [p for p in classifier.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     warm = max(1, steps // 10)
     bar = tqdm(total=steps, desc="image ViT stand-in (supervised)", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
+    (Path(out_dir) / "log.jsonl").unlink(missing_ok=True)  # an interrupted earlier attempt starts over
+    log = JsonlLogger(Path(out_dir) / "log.jsonl")
     step = 0
     while step < steps:
         for x, y in loader:
@@ -81,13 +113,25 @@ def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: flo
             opt.step()
             step += 1
             bar.update(1), bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % 5 == 0 or step == steps:
+                log.write({"type": "step", "it": step - 1, "loss": loss.item(), "lr": lr * scale})
     bar.close()
-    head = DINOHead(m.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
-    teacher = Teacher(vit.cpu().eval(), head)
-    state = {"format": "tvt", "version": 1, "stage": "image", "standin": "supervised",
+    teacher = Teacher(vit.cpu().eval(), dino_head.cpu().eval())
+    state = {"format": "tvt", "version": 1, "stage": "image", "standin": "supervised", "standin_head": head,
              "teacher": teacher.state_dict(), "arch": {"num_heads": m.num_heads},
              "config": config_mod.as_plain(cfg), "train_classes": list(split.train_classes),
              "test_classes": list(split.test_classes), "dataset": cfg.data.dataset, "split": cfg.data.split}
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.save_atomic(state, out)
     return out
+
+
+class _ClassScores(nn.Module):
+    """:func:`class_scores` as a module (no parameters)."""
+
+    def __init__(self, num_classes: int, temp: float) -> None:
+        super().__init__()
+        self.num_classes, self.temp = num_classes, temp
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return class_scores(logits, self.num_classes, self.temp)

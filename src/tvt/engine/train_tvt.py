@@ -110,7 +110,7 @@ class TVTTask:
         self.student = student.to(dev).train(not t.disable_dropout)  # [Q19]
         # [Q20]: with token_num 3 the sketch head is unused in image sub-steps, DDP must be told
         self.model = wrap_ddp(self.student, self.info, find_unused_parameters=cfg.model.token_num == 3)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, t.backbone_lr_mult))
+        self.optimizer = torch.optim.AdamW(_groups(self.student, t.backbone_lr_mult, t.fc_lr_mult))
         self.precision = resolve_precision(t.precision, dev)
         self.scaler = make_scaler(self.precision)
         self.dino_center = DINOCenter(self.student.head.last_layer.weight_v.shape[0], names=("img", "skt"),
@@ -257,12 +257,27 @@ class TVTTask:
                              teacher_temp=float(self.teacher_temp[epoch]), w_t=float(self.w_t[it]),
                              n_crops=len(x), global_crops=n_global, align_weight=t.align_uniform_weight,
                              use_align_uniform=t.use_align_uniform, smoothing=t.label_smoothing,
-                             student_temp=t.student_temp, ranks=self.virtual)
+                             student_temp=t.student_temp, ranks=self.virtual,
+                             kd_weight=t.kd_img_weight if modality == "img" else t.kd_skt_weight)
             loss = terms.pop("objective") / n_sub
             if not math.isfinite(loss.item()):  # [Q14] checked on every sub-loss here, not only the last
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, iteration {it} ({modality}); stopping")
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return {k: float(v) for k, v in terms.items()}
+
+
+def _groups(student: torch.nn.Module, backbone_lr_mult: float, fc_lr_mult: float) -> list[dict[str, Any]]:
+    """Spec §3.4's four groups; with ``fc_lr_mult != 1`` the head_fusion.fc weight and bias move
+    to two more groups with that LR multiplier (same weight-decay rule)."""
+    groups = param_groups(student, backbone_lr_mult)
+    if fc_lr_mult == 1.0:
+        return groups
+    fc = {id(p): p for p in student.head_fusion.fc.parameters()}
+    for g in groups:
+        g["params"] = [p for p in g["params"] if id(p) not in fc]
+    fc_w, fc_b = student.head_fusion.fc.weight, student.head_fusion.fc.bias
+    return groups + [{"params": [fc_w], "lr_mult": fc_lr_mult, "regularised": True},
+                     {"params": [fc_b], "lr_mult": fc_lr_mult, "regularised": False}]
 
 
 def build(cfg: Config, device: str = "auto") -> TVTTask:

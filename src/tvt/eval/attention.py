@@ -63,14 +63,26 @@ def _overlay(img: Image.Image, att: np.ndarray, size: int) -> Image.Image:
 
 def attention_figure(model: nn.Module, transform, query_path: str | Path, result_paths: Sequence[str | Path],
                      out_png: str | Path, *, device: torch.device | str = "cpu", modality_query: str = "skt",
-                     thumb: int = 128) -> Path:
-    """Two rows: the images (query first, then results) and their attention overlays."""
+                     thumb: int = 128, query_name: str | None = None, result_names: Sequence[str] | None = None,
+                     title: str = "") -> Path:
+    """Two rows: the images (query first, then results) and their attention overlays.
+
+    With ``query_name`` and ``result_names`` (classes) the figure is drawn with a title saying what
+    the maps show, a caption per column (query class; rank and class of each result) and a colour
+    scale; without them it is a bare image grid.
+    """
     from tvt.data.folder import load_rgb
 
     paths = [Path(query_path), *map(Path, result_paths)]
     images = [load_rgb(p) for p in paths]
     x = torch.stack([transform(im) for im in images]).to(device)
     maps = attention_for(model, x).float().cpu().numpy()
+    if query_name is not None and result_names is not None:
+        token = "fusion token" if getattr(getattr(model, "backbone", model), "token_num", None) else "CLS token"
+        return _labelled(images, maps, [f"query sketch\n{query_name}", *(f"#{i + 1} photo\n{n}" for i, n in
+                                                                          enumerate(result_names))],
+                         Path(out_png), thumb, f"{title}\nlast-block attention of the {token} to each image patch "
+                                               "(mean over heads; red = attended most, blue = least)")
     canvas = Image.new("RGB", (thumb * len(paths) + 4 * (len(paths) - 1), 2 * thumb + 4), "white")
     for i, (im, att) in enumerate(zip(images, maps)):
         left = i * (thumb + 4)
@@ -79,4 +91,33 @@ def attention_figure(model: nn.Module, transform, query_path: str | Path, result
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_png)
+    return out_png
+
+
+def _labelled(images: list[Image.Image], maps: np.ndarray, captions: list[str], out_png: Path, thumb: int,
+              title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.8, 4.0), squeeze=False)
+    for i, (im, att) in enumerate(zip(images, maps)):
+        axes[0, i].imshow(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR))
+        axes[0, i].set_title(captions[i], fontsize=7)
+        axes[1, i].imshow(_overlay(im, att, thumb))
+        for ax in axes[:, i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    axes[1, 0].set_ylabel("attention overlay", fontsize=8)
+    sm = plt.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
+    bar = fig.colorbar(sm, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    bar.set_label("attention (min-max per image)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=8)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
     return out_png

@@ -110,33 +110,47 @@ def public_metrics(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_reports(out_dir: Path, name: str, sets: EvalSets, feats: dict[str, np.ndarray], m: dict[str, Any],
-                  cfg: Config, model: torch.nn.Module | None = None, device: torch.device | str = "cpu") -> dict[str, Path]:
+                  cfg: Config, model: torch.nn.Module | None = None, device: torch.device | str = "cpu",
+                  chance: dict[str, float] | None = None, title: str = "") -> dict[str, Path]:
     """Results JSON, per-class CSV + bar chart, PR curve, embedding map, retrieval grid, attention maps
-    (when ``model`` is given) and the feature files (``tvt metrics`` reads them)."""
+    (when ``model`` is given) and the feature files (``tvt metrics`` reads them).
+
+    ``chance``: random-ranking levels of the metrics (:func:`tvt.eval.report.chance_levels`; computed
+    here when not given), drawn on the figures and written into the results JSON. ``title`` names
+    the model on every figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"{name}_{v}" for k, v in {
         "json": "results.json", "csv": "per_class.csv", "bar": "per_class.png", "grid": "retrievals.png",
         "pr": "pr_curve.png", "embedding": "embedding.png"}.items()}
-    report.write_results(public_metrics(m), paths["json"])
+    e = cfg.eval
+    if chance is None:
+        chance = report.chance_levels(feats["q_labels"], feats["g_labels"], ks_map=tuple(e.map_k), ks_prec=tuple(e.prec_k))
+    title = title or name
+    report.write_results({**public_metrics(m), "chance": chance}, paths["json"])
     rows = report.per_class_table(m["per_query"], feats["q_labels"], sets.classes)
     report.write_per_class_csv(rows, paths["csv"])
-    report.plot_per_class_bar(rows, paths["bar"], metric="mAP@all")
-    report.pr_curve(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"], paths["pr"], label=name)
+    report.plot_per_class_bar(rows, paths["bar"], metric="mAP@all", chance=chance.get("mAP@all"), title=title)
+    report.pr_curve(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"], paths["pr"], label=name, title=title)
+    group = "evaluation classes" if e.use_train else "unseen classes (never trained on)"
     report.embedding_plot({"photo": (feats["g"], feats["g_labels"]), "sketch": (feats["q"], feats["q_labels"])},
-                          sets.classes, paths["embedding"])
-    picks, order = _grid(sets, feats, paths["grid"], cfg.eval.grid_queries, cfg.eval.grid_k)
+                          sets.classes, paths["embedding"], title=title, group=group)
+    picks, order = _grid(sets, feats, paths["grid"], e.grid_queries, e.grid_k, title)
     if model is not None and picks:
         from tvt.eval.attention import attention_figure
 
         paths["attention"] = out_dir / f"{name}_attention.png"
+        gl = feats["g_labels"]
         attention_figure(model, sets.photos.transform, sets.sketches.samples[picks[0]][0],
-                         [sets.photos.samples[j][0] for j in order[0][:5]], paths["attention"], device=device)
+                         [sets.photos.samples[j][0] for j in order[0][:5]], paths["attention"], device=device,
+                         query_name=sets.classes[int(feats["q_labels"][picks[0]])],
+                         result_names=[sets.classes[int(gl[j])] for j in order[0][:5]], title=title)
     np.savez(out_dir / f"{name}_queries.npz", features=feats["q"], labels=feats["q_labels"])
     np.savez(out_dir / f"{name}_gallery.npz", features=feats["g"], labels=feats["g_labels"])
     return paths
 
 
-def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int) -> tuple[list[int], np.ndarray]:
+def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int,
+          title: str = "") -> tuple[list[int], np.ndarray]:
     """Top-k photos for one query of each of the first ``n_queries`` classes."""
     q = feats["q"] / np.maximum(np.linalg.norm(feats["q"], axis=1, keepdims=True), 1e-12)
     g = feats["g"] / np.maximum(np.linalg.norm(feats["g"], axis=1, keepdims=True), 1e-12)
@@ -150,7 +164,10 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
     query_paths = [sets.sketches.samples[i][0] for i in picks]
     ranked = [[sets.photos.samples[j][0] for j in row] for row in order]
     correct = gl[order] == ql[picks][:, None]
-    report.retrieval_grid(query_paths, ranked, correct, path, k=k)
+    names = sets.classes
+    report.retrieval_grid(query_paths, ranked, correct, path, k=k, query_names=[names[int(ql[i])] for i in picks],
+                          result_names=[[names[int(c)] for c in row] for row in gl[order]],
+                          title=f"{title}\ntop-{k} photos (by rank) for one sketch query of each class")
     return picks, order
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tvt.errors import DataError
-from tvt.eval.metrics import check_features, check_labels, iter_relevant_ranks
+from tvt.eval.metrics import check_features, check_labels, iter_relevant_ranks, retrieval_metrics
 
 GREEN = (0, 170, 0)
 RED = (210, 0, 0)
@@ -73,6 +73,28 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def chance_levels(q_labels: Any, g_labels: Any, *, ks_map: Sequence[int] = (200,), ks_prec: Sequence[int] = (100, 200),
+                  repeats: int = 10, seed: int = 0) -> dict[str, float]:
+    """Expected value of every metric when the gallery is ranked at random, for these labels.
+
+    Estimated with the metric code itself: ``repeats`` rankings by random scores (each query's
+    ranking is a uniformly random permutation), averaged; seeded, so it is the same every run.
+    P@k's exact chance level is the mean of (relevant items / gallery size); the interpolated APs
+    have no simple closed form, hence the estimate.
+    """
+    ql, gl = np.asarray(q_labels), np.asarray(g_labels)
+    rng = np.random.default_rng(seed)
+    sums: dict[str, float] = {}
+    for _ in range(repeats):
+        q = rng.standard_normal((len(ql), 16)).astype(np.float32)
+        g = rng.standard_normal((len(gl), 16)).astype(np.float32)
+        m = retrieval_metrics(q, ql, g, gl, ks_map=ks_map, ks_prec=ks_prec)
+        for k, v in m.items():
+            if isinstance(v, float) and k.startswith(("mAP", "P@")):
+                sums[k] = sums.get(k, 0.0) + v / repeats
+    return sums
+
+
 def per_class_table(per_query: Mapping[str, Any], q_labels: Any, class_names: Sequence[str]) -> list[dict]:
     """Per-class means of per-query metrics: one dict per query class, in label order.
 
@@ -121,8 +143,10 @@ def _pyplot():
     return plt
 
 
-def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "mAP@all") -> Path:
-    """Bar chart PNG of ``metric`` per class, best class first."""
+def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "mAP@all",
+                       chance: float | None = None, title: str = "") -> Path:
+    """Bar chart PNG of ``metric`` per query class, best class first; ``chance``: a dashed line
+    at the metric's random-ranking level."""
     if not rows or metric not in rows[0]:
         raise DataError(f"no per-class values of {metric!r} to plot")
     ordered = sorted(rows, key=lambda r: -r[metric])
@@ -130,9 +154,14 @@ def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metr
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ordered) + 1.5), 4.0))
     ax.bar(range(len(ordered)), [r[metric] for r in ordered], color="tab:blue")
     ax.set_xticks(range(len(ordered)), [str(r["class"]) for r in ordered], rotation=90, fontsize=7)
-    ax.set_ylabel(metric)
+    ax.set_xlabel("query class (sketches of that class against all photos)")
+    ax.set_ylabel(f"{metric} (mean over the class's queries)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{metric} per class (mean {np.mean([r[metric] for r in rows]):.4f} over classes)")
+    if chance is not None:
+        ax.axhline(chance, color="k", linestyle="--", linewidth=1, label=f"chance (random ranking) {chance:.3f}")
+        ax.legend(fontsize=7, loc="upper right")
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}{metric} per class (mean {np.mean([r[metric] for r in rows]):.4f} over classes)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, plt)
 
@@ -156,12 +185,14 @@ def pr_curve(
     seed: int = 0,
     scores: str = "cosine",
     label: str | None = None,
+    title: str = "",
 ) -> dict[str, np.ndarray]:
     """Mean interpolated precision-recall curve over a random sample of queries (PNG when ``path``).
 
     Interpolated precision at recall t is the best precision at any recall >= t (VOC style);
-    ``recall_points`` levels 0, 1/(n-1), ..., 1 (11 or 101 are usual). Returns
-    ``{"recall": [n], "precision": [n]}``.
+    ``recall_points`` levels 0, 1/(n-1), ..., 1 (11 or 101 are usual). The figure shows the
+    chance level: a random ranking has precision = share of relevant photos at every recall.
+    Returns ``{"recall": [n], "precision": [n], "chance": share of relevant photos}``.
     """
     if recall_points < 2:
         raise ValueError("recall_points must be at least 2")
@@ -181,18 +212,22 @@ def pr_curve(
         first_hit = np.clip(np.ceil(levels * n - 1e-9).astype(int) - 1, 0, n - 1)
         curves.append(best_after[:, first_hit])
     precision = np.concatenate(curves).mean(0)
+    g_lab = np.asarray(g_labels.cpu() if isinstance(g_labels, torch.Tensor) else g_labels)
+    chance = float(np.mean([(g_lab == c).mean() for c in l_sub]))
     if path is not None:
         plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(4.5, 4.0))
-        ax.plot(levels, precision, marker="o", markersize=3, label=label)
-        ax.set(xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.02))
-        ax.set_title(f"precision-recall ({len(pick)} queries)")
-        if label:
-            ax.legend()
+        fig, ax = plt.subplots(figsize=(5.0, 4.2))
+        ax.plot(levels, precision, marker="o", markersize=3, label=label or "model")
+        ax.axhline(chance, color="k", linestyle="--", linewidth=1, label=f"chance (random ranking) {chance:.3f}")
+        ax.set(xlabel="recall (share of the query's class found)", ylabel="interpolated precision", xlim=(0, 1),
+               ylim=(0, 1.02))
+        head = f"{title}\n" if title else ""
+        ax.set_title(f"{head}precision-recall, mean of {len(pick)} queries", fontsize=9)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         _save(fig, path, plt)
-    return {"recall": levels, "precision": precision}
+    return {"recall": levels, "precision": precision, "chance": chance}
 
 
 def embedding_plot(
@@ -202,8 +237,13 @@ def embedding_plot(
     method: str = "tsne",
     max_points: int = 2000,
     seed: int = 0,
+    title: str = "",
+    group: str = "",
 ) -> Path:
     """2-D map of features: one marker per modality (e.g. photo, sketch), one colour per class.
+
+    The legend names every class (colour) and modality (marker); ``group`` says which classes
+    these are (e.g. "unseen classes, never trained on"), ``title`` what model made the features.
 
     ``feats_by_modality``: ``{name: (features [N, D], labels [N])}``; features are L2-normalised and
     subsampled to ``max_points`` in all. ``method``: "tsne" (scikit-learn, PCA if it is missing)
@@ -224,18 +264,31 @@ def embedding_plot(
     x, y, mod = np.concatenate(xs), np.concatenate(ys), np.concatenate(mods)
     xy = _reduce_2d(x, method, seed)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 6.0))
-    cmap = plt.get_cmap("tab20" if len(class_names) <= 20 else "hsv")
-    colours = cmap(np.linspace(0, 1, max(len(class_names), 2), endpoint=len(class_names) <= 20))
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8.0, 6.0))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20" if len(class_names) <= 20 else "hsv")
+    colours = cmap(np.arange(len(class_names)) if len(class_names) <= 20 else np.linspace(0, 1, len(class_names),
+                                                                                          endpoint=False))
     markers = ["o", "^", "s", "x", "D", "v"]
     for m, name in enumerate(feats_by_modality):
         sel = mod == m
         ax.scatter(xy[sel, 0], xy[sel, 1], c=colours[y[sel] % len(colours)], marker=markers[m % len(markers)],
-                   s=12, alpha=0.75, linewidths=0.3, edgecolors="k", label=name)
-    ax.legend(loc="best", fontsize=8)
+                   s=14, alpha=0.75, linewidths=0.3, edgecolors="k")
+    mods = [Line2D([], [], linestyle="", marker=markers[m % len(markers)], color="grey", markeredgecolor="k",
+                   label=f"{name} (marker)") for m, name in enumerate(feats_by_modality)]
+    shown = sorted(set(y.tolist()))
+    classes = [Line2D([], [], linestyle="", marker="s", color=colours[c % len(colours)], label=str(class_names[c]))
+               for c in shown]
+    ax.legend(handles=mods + classes, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+              title=f"class (colour){': ' + group if group else ''}", title_fontsize=7, frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{method.upper()} of {len(x)} features, colour = class")
+    ax.set_xlabel(f"{method.upper()} dimension 1 (no units: only neighbourhoods matter)")
+    ax.set_ylabel(f"{method.upper()} dimension 2")
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}{method.upper()} map of {len(x)} features: photos and sketches of the same class "
+                 "should share a colour cluster", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, plt)
 
@@ -262,14 +315,15 @@ def _reduce_2d(x: np.ndarray, method: str, seed: int) -> np.ndarray:
 # retrieval grid (PIL only)
 
 
-def grid_cell_box(row: int, col: int, thumb: int = 64) -> tuple[int, int, int, int]:
+def grid_cell_box(row: int, col: int, thumb: int = 64, caption_h: int = 0) -> tuple[int, int, int, int]:
     """Pixel box (x0, y0, x1, y1), x1/y1 exclusive, of the framed cell at ``row``, ``col`` of a retrieval grid.
 
-    Column 0 is the query; columns 1..k are the ranked results. The frame is ``GRID_BORDER`` px.
+    Column 0 is the query; columns 1..k are the ranked results. The frame is ``GRID_BORDER`` px;
+    ``caption_h`` px under every row are left free for captions.
     """
     cell = thumb + 2 * GRID_BORDER
     x0 = GRID_PAD + col * (cell + GRID_PAD) + (GRID_GAP if col > 0 else 0)
-    y0 = GRID_PAD + row * (cell + GRID_PAD)
+    y0 = GRID_PAD + row * (cell + GRID_PAD + caption_h)
     return x0, y0, x0 + cell, y0 + cell
 
 
@@ -280,25 +334,69 @@ def retrieval_grid(
     path: str | Path,
     k: int = 8,
     thumb: int = 64,
+    query_names: Sequence[str] | None = None,
+    result_names: Sequence[Sequence[str]] | None = None,
+    title: str = "",
 ) -> Path:
     """PNG with one row per query: the query (grey frame), then its top-k results framed green
-    when ``correct[i][j]`` (same class) and red otherwise. ``correct``: bool [n_queries, >= k]."""
+    when ``correct[i][j]`` (same class) and red otherwise. ``correct``: bool [n_queries, >= k].
+
+    With ``query_names`` (class of each query) and ``result_names`` (class of each result) the
+    figure also gets a title, a colour legend and a caption under every image: the query's class,
+    and each result's rank and class.
+    """
     from PIL import Image
 
     ok = np.asarray(correct, dtype=bool)
     if len(ranked_paths) != len(query_paths) or ok.ndim != 2 or ok.shape[0] != len(query_paths):
         raise DataError("retrieval_grid: query_paths, ranked_paths and correct must have one row per query")
+    labelled = query_names is not None and result_names is not None
+    cap = 14 if labelled else 0
     k = min(k, min((len(r) for r in ranked_paths), default=0), ok.shape[1])
-    canvas = Image.new("RGB", grid_size_hint(len(query_paths), k, thumb), (255, 255, 255))
+    canvas = Image.new("RGB", grid_size_hint(len(query_paths), k, thumb, cap), (255, 255, 255))
     for i, qpath in enumerate(query_paths):
-        _paste_framed(canvas, _thumbnail(qpath, thumb), grid_cell_box(i, 0, thumb), GREY)
+        _paste_framed(canvas, _thumbnail(qpath, thumb), grid_cell_box(i, 0, thumb, cap), GREY)
         for j in range(k):
             frame = GREEN if ok[i, j] else RED
-            _paste_framed(canvas, _thumbnail(ranked_paths[i][j], thumb), grid_cell_box(i, j + 1, thumb), frame)
+            _paste_framed(canvas, _thumbnail(ranked_paths[i][j], thumb), grid_cell_box(i, j + 1, thumb, cap), frame)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    if not labelled:
+        canvas.save(out)
+        return out
+    return _labelled_grid(canvas, ok[:, :k], list(query_names), [list(r[:k]) for r in result_names], out, thumb, cap,
+                          title)
+
+
+def _labelled_grid(canvas: Any, ok: np.ndarray, query_names: list[str], result_names: list[list[str]], out: Path,
+                   thumb: int, cap: int, title: str) -> Path:
+    """The framed grid drawn by matplotlib with captions, a title and a colour legend."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    w, h = canvas.size
+    dpi = 100
+    fig = plt.figure(figsize=(w / dpi * 1.25, h / dpi * 1.25 + 0.9), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, h * 1.25 / (h * 1.25 + 90)))
+    ax.imshow(np.asarray(canvas), interpolation="nearest")
+    ax.set_axis_off()
+    n, k = ok.shape
+    for i in range(n):
+        x0, _, x1, y1 = grid_cell_box(i, 0, thumb, cap)
+        ax.text((x0 + x1) / 2, y1 + 1, f"query: {query_names[i]}", ha="center", va="top", fontsize=7,
+                fontweight="bold")
+        for j in range(k):
+            x0, _, x1, y1 = grid_cell_box(i, j + 1, thumb, cap)
+            ax.text((x0 + x1) / 2, y1 + 1, f"#{j + 1} {result_names[i][j]}", ha="center", va="top", fontsize=6.5,
+                    color="green" if ok[i, j] else "firebrick")
+    fig.suptitle(title or f"Top-{k} photos for one sketch query per class", fontsize=10, y=0.995, va="top")
+    legend = [Patch(facecolor=np.array(GREY) / 255, label="query sketch (left column)"),
+              Patch(facecolor=np.array(GREEN) / 255, label="result of the query's class"),
+              Patch(facecolor=np.array(RED) / 255, label="result of another class")]
+    fig.legend(handles=legend, loc="upper center", ncol=3, fontsize=6.5, frameon=False, handlelength=1.2,
+               columnspacing=1.0,
+               bbox_to_anchor=(0.5, 1 - 0.32 / (h * 1.25 / dpi + 0.9)))
+    return _save(fig, out, plt)
 
 
 def _thumbnail(path: str | Path, size: int):
@@ -310,6 +408,9 @@ def _thumbnail(path: str | Path, size: int):
             img = im.convert("RGBA")
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the image for the retrieval grid ({exc})") from exc
+    scale = size / max(img.size)
+    if scale > 1:  # small images (the demo's 32 px) are enlarged to fill the cell
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
     img.thumbnail((size, size))
     tile = Image.new("RGB", (size, size), (255, 255, 255))
     tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2), img)  # alpha over white
@@ -323,8 +424,8 @@ def _paste_framed(canvas: Any, tile: Any, box: tuple[int, int, int, int], colour
     canvas.paste(tile, (box[0] + GRID_BORDER, box[1] + GRID_BORDER))
 
 
-def grid_size_hint(n_rows: int, k: int, thumb: int = 64) -> tuple[int, int]:
-    """(width, height) of a retrieval grid with ``n_rows`` queries and ``k`` results each."""
-    x1, y1 = grid_cell_box(max(n_rows - 1, 0), k, thumb)[2:]
-    return x1 + GRID_PAD, y1 + GRID_PAD
+def grid_size_hint(n_rows: int, k: int, thumb: int = 64, caption_h: int = 0) -> tuple[int, int]:
+    """(width, height) of an unlabelled retrieval grid with ``n_rows`` queries and ``k`` results each."""
+    x1, y1 = grid_cell_box(max(n_rows - 1, 0), k, thumb, caption_h)[2:]
+    return x1 + GRID_PAD, y1 + GRID_PAD + caption_h
 

@@ -68,6 +68,7 @@ def tvt_loss(
     smoothing: float = 0.1,
     student_temp: float = 0.1,
     ranks: int = 1,
+    kd_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Stage-B loss of one sub-batch of one modality, as ``main_myvit.train_one_epoch`` forms it.
 
@@ -91,6 +92,7 @@ def tvt_loss(
         teacher_temp: τ_t for this epoch. w_t: scheduled alignment weight (§4.7). align_weight: λ.
         ranks: [Q21] virtual ranks. L_UNI is then the mean of the per-rank terms, L_CA sees the
             ``N`` rows as the gathered batch, and the objective's gradient is the DDP average.
+        kd_weight: factor on L_KD (1 = the paper; 0 for the ablations without a teacher's term).
 
     Returns:
         ``objective`` (differentiable) and the logged terms ``loss``, ``loss/kd``, ``loss/ce``,
@@ -105,7 +107,7 @@ def tvt_loss(
     teachers = list(teacher_logits.chunk(teacher_logits.shape[0] // labels.shape[0]))
     kd = dino_loss(list(d_crops), teachers, dino_center.center(modality), teacher_temp, student_temp)
     ce = torch.stack([smoothed_cross_entropy(c, labels, smoothing) for c in c_crops]).mean()
-    objective = kd + ce
+    objective = kd_weight * kd + ce
     zero = torch.zeros((), device=kd.device)
     logs = {"loss/kd": kd, "loss/ce": ce, "loss/uni": zero, "loss/ca": zero}
     multi_global = global_crops > 1
