@@ -17,9 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a value of the demo config, e.g. --set train.epochs=2")
     p.add_argument("--standin-steps", type=int, default=300, metavar="N",
                    help="optimizer steps of the supervised stand-in for the pretrained image ViT (default 300)")
-    p.add_argument("--standin-head", choices=("classes", "random"), default="classes",
-                   help="classes (default): the stand-in's DINO head is trained with the labels, so the image "
-                        "teacher's distillation targets carry class structure; random: a fresh head")
+    p.add_argument("--standin-head", choices=("classes", "random"), default="random",
+                   help="random (default): a fresh DINO head; classes: the stand-in's DINO head is trained with the "
+                        "labels, so the image teacher's distillation targets carry class structure (README: measured)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's choice); results are bit-identical only between runs "
                         "with the same thread count")

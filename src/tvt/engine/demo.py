@@ -49,7 +49,7 @@ class DemoOptions:
     seed: int = 0  # synthetic dataset seed
     classes: int = 30  # synthetic class count
     standin_steps: int = 300
-    standin_head: str = "classes"  # see tvt.engine.standin
+    standin_head: str = "random"  # see tvt.engine.standin
     standin_lr: float = 1e-3
     overrides: list[str] = field(default_factory=list)
 

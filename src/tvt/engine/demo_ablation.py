@@ -81,16 +81,22 @@ def run_ablation(out: str | Path, opts: DemoOptions, *, seeds: int = 2, device: 
             enc_img, enc_skt, _ = encoders(cfg, Path(_teachers(out)[0]), ckpt, dev)["tvt"]
             m = score(cfg, sets, enc_img, enc_skt, dev)[1]
             table[name].append({"seed": s, **{k: float(m[k]) for k in SHOWN}})
+            result = _write(out, table, metrics, seeds)  # after every run: a long ablation shows progress
     finally:
         overall.close()
-    result = {"variants": {n: {"terms": VARIANTS[n][0], "runs": r, **_spread(r)} for n, r in table.items()},
+    print("\n" + ablation_markdown(result))
+    print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'} and {out / 'ablation.png'}", file=sys.stderr)
+    return result
+
+
+def _write(out: Path, table: dict[str, list[dict[str, float]]], metrics: dict[str, Any], seeds: int) -> dict[str, Any]:
+    """ablation.json/.md/.png from the runs done so far (variants without runs are left out)."""
+    result = {"variants": {n: {"terms": VARIANTS[n][0], "runs": r, **_spread(r)} for n, r in table.items() if r},
               "start": {k: metrics["start"][k] for k in SHOWN}, "chance": {k: metrics["chance"][k] for k in SHOWN},
               "dataset": metrics["run"]["dataset"], "seeds": seeds}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(ablation_markdown(result))
     ablation_chart(result, out / "ablation.png")
-    print("\n" + ablation_markdown(result))
-    print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'} and {out / 'ablation.png'}", file=sys.stderr)
     return result
 
 
@@ -113,11 +119,12 @@ def _spread(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def ablation_markdown(result: dict[str, Any]) -> str:
     """The ablation as a markdown table: mean ± std (min–max) over the seeds."""
     n = result["seeds"]
-    head = [f"| variant | unseen mAP@all, mean ± std (min–max) over {n} seeds | P@100 |", "|---|---|---|"]
+    head = [f"| variant | unseen mAP@all, mean ± std (min–max) over {n} stage-B seeds | P@100 |", "|---|---|---|"]
     rows = []
     for name, v in result["variants"].items():
         cells = [f"{v[k]['mean']:.4f} ± {v[k]['std']:.4f} ({v[k]['min']:.4f}–{v[k]['max']:.4f})" for k in SHOWN]
-        rows.append(f"| **{name}**: {v['terms']} | {cells[0]} | {cells[1]} |")
+        done = "" if len(v["runs"]) == n else f" ({len(v['runs'])} of {n} seeds so far)"
+        rows.append(f"| **{name}**: {v['terms']}{done} | {cells[0]} | {cells[1]} |")
     rows.append(f"| start (before stage B) | {result['start']['mAP@all']:.4f} | {result['start']['P@100']:.4f} |")
     rows.append(f"| chance (random ranking) | {result['chance']['mAP@all']:.4f} | {result['chance']['P@100']:.4f} |")
     return "\n".join(head + rows) + "\n"

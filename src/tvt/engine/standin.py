@@ -55,7 +55,7 @@ def class_scores(logits: torch.Tensor, num_classes: int, temp: float) -> torch.T
 
 
 def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: float = 1e-3, batch_size: int = 64,
-                  device: str = "auto", progress: bool = True, head: str = "classes", temp: float = 0.1) -> Path:
+                  device: str = "auto", progress: bool = True, head: str = "random", temp: float = 0.1) -> Path:
     """Train the supervised stand-in image ViT into ``out_dir/checkpoint.pth``; returns its path.
 
     An existing checkpoint is reused (the demo resumes by stage). AdamW (weight decay 0.05), linear
