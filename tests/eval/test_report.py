@@ -86,7 +86,7 @@ def test_pr_curve_hand_computed(tmp_path):
     expected = [best[0] if t <= 1 / 3 + 1e-9 else best[1] if t <= 2 / 3 + 1e-9 else best[2] for t in out["recall"]]
     np.testing.assert_allclose(out["precision"], expected)
     with Image.open(tmp_path / "pr.png") as im:
-        assert im.format == "PNG" and im.size == (450, 400)
+        assert im.format == "PNG" and im.size == (500, 420)
 
 
 def test_pr_curve_perfect_and_sampled():
@@ -121,7 +121,7 @@ def test_embedding_plot(tmp_path, method, monkeypatch):
     }
     png = embedding_plot(feats, ["a", "b", "c"], tmp_path / f"{method}.png", method=method, max_points=40)
     with Image.open(png) as im:
-        assert im.format == "PNG" and im.size == (650, 600)
+        assert im.format == "PNG" and im.size == (800, 600)
     assert len(_StubTSNE.calls) == (method == "tsne")
     if method == "tsne":  # 20 photos + 20 sketches after subsampling; perplexity must stay below N
         assert _StubTSNE.calls[0]["n_components"] == 2 and _StubTSNE.calls[0]["perplexity"] < 40
@@ -179,3 +179,31 @@ def test_retrieval_grid_errors(tmp_path):
         retrieval_grid([q], [[tmp_path / "missing.png"]], [[True]], tmp_path / "g.png", k=1)
     with pytest.raises(DataError, match="one row per query"):
         retrieval_grid([q, q], [[q]], [[True]], tmp_path / "g.png", k=1)
+
+
+def test_labelled_retrieval_grid_and_chance_levels(tmp_path):
+    from tvt.eval.report import chance_levels
+
+    qs = []
+    for i in range(2):
+        p = tmp_path / f"q{i}.png"
+        Image.new("RGB", (16, 16), (i * 100, 50, 50)).save(p)
+        qs.append(p)
+    plain = retrieval_grid(qs, [qs, qs[::-1]], [[True, False], [False, True]], tmp_path / "plain.png", k=2, thumb=16)
+    labelled = retrieval_grid(qs, [qs, qs[::-1]], [[True, False], [False, True]], tmp_path / "lab.png", k=2, thumb=16,
+                              query_names=["a", "b"], result_names=[["a", "b"], ["a", "b"]], title="t")
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        assert b.width > a.width and b.height > a.height  # captions, title and legend around the grid
+    # 400 queries of class 0 against 2 relevant of 6: P@k at chance is 1/3 for every k
+    c = chance_levels(np.zeros(400, dtype=int), np.array([0, 0, 1, 1, 1, 1]), ks_map=(3,), ks_prec=(3,), repeats=5)
+    assert c["P@3"] == pytest.approx(1 / 3, abs=0.02)
+    # expected AP of a random ranking, exactly: all 15 placements of 2 relevant items among 6, each with the
+    # precision envelope (best precision at this or a later hit) averaged over the hits
+    from itertools import combinations
+
+    def envelope_ap(pos: tuple[int, ...]) -> float:
+        prec = [(i + 1) / (r + 1) for i, r in enumerate(pos)]
+        return float(np.mean([max(prec[i:]) for i in range(len(prec))]))
+
+    exact = np.mean([envelope_ap(pos) for pos in combinations(range(6), 2)])
+    assert c["mAP@all"] == pytest.approx(exact, abs=0.02)
