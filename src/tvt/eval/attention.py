@@ -102,7 +102,8 @@ def _labelled(images: list[Image.Image], maps: np.ndarray, captions: list[str], 
     import matplotlib.pyplot as plt
 
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 0.8, 4.0), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 1.2, 4.6), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.88, top=0.78, bottom=0.03, hspace=0.35)
     for i, (im, att) in enumerate(zip(images, maps)):
         axes[0, i].imshow(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR))
         axes[0, i].set_title(captions[i], fontsize=7)
@@ -113,7 +114,7 @@ def _labelled(images: list[Image.Image], maps: np.ndarray, captions: list[str], 
     axes[0, 0].set_ylabel("image", fontsize=8)
     axes[1, 0].set_ylabel("attention overlay", fontsize=8)
     sm = plt.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
-    bar = fig.colorbar(sm, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    bar = fig.colorbar(sm, cax=fig.add_axes((0.90, 0.05, 0.015, 0.33)))
     bar.set_label("attention (min-max per image)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=8)

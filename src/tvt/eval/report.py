@@ -281,15 +281,15 @@ def embedding_plot(
     classes = [Line2D([], [], linestyle="", marker="s", color=colours[c % len(colours)], label=str(class_names[c]))
                for c in shown]
     ax.legend(handles=mods + classes, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
-              title=f"class (colour){': ' + group if group else ''}", title_fontsize=7, frameon=False)
+              title="class (colour)" + (f"\n{group}" if group else ""), title_fontsize=7, frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{method.upper()} dimension 1 (no units: only neighbourhoods matter)")
     ax.set_ylabel(f"{method.upper()} dimension 2")
     head = f"{title}\n" if title else ""
-    ax.set_title(f"{head}{method.upper()} map of {len(x)} features: photos and sketches of the same class "
-                 "should share a colour cluster", fontsize=9)
-    fig.tight_layout()
+    ax.set_title(f"{head}{method.upper()} map of {len(x)} features\nphotos and sketches of one class should share "
+                 "a colour cluster", fontsize=9)
+    fig.subplots_adjust(left=0.05, right=0.70, top=0.87, bottom=0.07)
     return _save(fig, path, plt)
 
 
