@@ -7,12 +7,13 @@ with labels, on the photos of the *training* classes only (unseen classes are ne
 the stage-B photo augmentation.
 
 A DINO checkpoint's head is trained too, and TVT distils the student from that head's outputs. A
-freshly initialised head gives near-uniform targets (the distillation loss sits at ln K), so by
-default (``head="classes"``) the stand-in trains its DINO head with the labels: prototype ``k`` of
-the K head outputs belongs to class ``k mod C``, a class scores the log-sum-exp of its prototypes'
-logits, and label-smoothed cross-entropy runs on those scores. The teacher's targets then say which
-training classes an image resembles. ``head="random"`` trains a linear classifier on CLS instead and
-ships a fresh head. The checkpoint has the stage-A layout (``teacher`` = backbone + DINO head), so
+freshly initialised head gives near-uniform targets (the distillation loss sits at ln K).
+``head="classes"`` therefore trains the DINO head with the labels: prototype ``k`` of the K head
+outputs belongs to class ``k mod C``, a class scores the log-sum-exp of its prototypes' logits, and
+label-smoothed cross-entropy runs on those scores, so the teacher's targets say which training
+classes an image resembles. In the demo's 300 steps this gave a weaker image ViT and the
+distillation loss still near ln K (README), so the default, ``head="random"``, trains a linear
+classifier on CLS and ships a fresh head. The checkpoint has the stage-A layout (``teacher`` = backbone + DINO head), so
 ``pretrain-sketch`` and ``train`` use it exactly like a DINO checkpoint.
 """
 
