@@ -70,7 +70,8 @@ def test_recall_and_nlist_by_hand():
     assert ivf_nlist(50) == 1
     assert choose_backend(AUTO_APPROX_MIN - 1, True) == "exact"
     assert choose_backend(10 * AUTO_APPROX_MIN, False) == "exact"
-    assert choose_backend(AUTO_APPROX_MIN, True) == "faiss-ivf"
+    assert choose_backend(AUTO_APPROX_MIN, True) == "compact-exact"  # exact quality by default
+    assert choose_backend(AUTO_APPROX_MIN, True, target=0.95) == "faiss-ivf"
 
 
 def test_faiss_flat_agrees_with_exact():

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="crop the sketch to its strokes before searching (default: on, as on the web page "
                         "and in Python; --no-crop searches the whole frame)")
     p.add_argument("--drawing", type=int, default=0, help="which drawing of a stroke file (default 0, the first)")
-    p.add_argument("--backend", default="auto", help="auto, exact, faiss-flat, faiss-ivf or faiss-hnsw")
+    p.add_argument("--backend", default="auto", help="auto (exact below 50k photos, compact-exact above), exact, "
+                   "compact-exact, faiss-flat, faiss-sq8, faiss-ivf or faiss-hnsw")
     p.add_argument("--checkpoint", help="the index's checkpoint, model folder or backbone weights at a new location "
                                         "(checked by sha256)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also answer requests whose Host header is NAME (repeatable), e.g. the public name "
                         "behind a reverse proxy; default: the --host address, localhost, 127.0.0.1 and ::1; "
                         "'*' answers any name (open to DNS rebinding)")
-    p.add_argument("--backend", default="auto", help="auto, exact, faiss-flat, faiss-ivf or faiss-hnsw")
+    p.add_argument("--backend", default="auto", help="auto (exact below 50k photos, compact-exact above), exact, "
+                   "compact-exact, faiss-flat, faiss-sq8, faiss-ivf or faiss-hnsw")
     p.add_argument("--checkpoint", help="the index's checkpoint, model folder or backbone weights at a new location "
                                         "(checked by sha256)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")

@@ -6,18 +6,22 @@
 * ``faiss-ivf``: FAISS ``IndexIVFFlat`` (approximate). ``nlist`` grows with the collection and
   ``nprobe`` is calibrated so that the measured recall@k reaches a target.
 * ``faiss-hnsw``: FAISS ``IndexHNSWFlat`` (approximate). ``efSearch`` is calibrated the same way.
+* ``faiss-sq8``: FAISS ``IndexScalarQuantizer`` with 8 bits per dimension (approximate scores of
+  a full scan; a quarter of the memory of float32).
+* ``compact-exact``: 4-bit PQ fast scan of every row, then exact re-ranking of a shortlist whose
+  length is calibrated on the index (:mod:`tvt.search.compact`): the exact top-k, from compact
+  codes in memory (48 bytes per 384-d photo) and float32 rows that may stay on disk.
 
-``auto`` picks exact search below :data:`AUTO_APPROX_MIN` vectors (or when FAISS is missing) and
-IVF above. Approximate indexes are cached in ``INDEX_DIR/cache`` with their calibration. Every backend returns ``(scores, ids)`` arrays of
-shape [Q, k], best first; ids index rows of the embedding matrix.
+``auto`` picks the fastest backend that meets the recall target for the collection's size
+(:func:`choose_backend`). Derived indexes are cached in ``INDEX_DIR/cache`` with their
+calibration. Every backend returns ``(scores, ids)`` arrays of shape [Q, k], best first; ids index
+rows of the embedding matrix.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,69 +29,24 @@ import numpy as np
 import torch
 
 from tvt.errors import InputError
+from tvt.search import compact
+from tvt.search.base import (  # noqa: F401  (re-exported: the public names of this module)
+    SearchBackend,
+    _as_queries,
+    _import_faiss,
+    _stable_order,
+    faiss_available,
+    recall_at_k,
+)
 
-BACKEND_NAMES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
-AUTO_APPROX_MIN = 200_000  # below this a single exact query stays within tens of ms on 2 cores
-DEFAULT_TARGET_RECALL = 0.95
-
-
-def faiss_available() -> bool:
-    """True when the optional ``faiss`` package can be imported."""
-    return importlib.util.find_spec("faiss") is not None
-
-
-def _import_faiss() -> Any:
-    if not faiss_available():
-        raise InputError(
-            "this search backend needs FAISS, which is not installed; install the extra with "
-            "`pip install 'tvt[index]'` (faiss-cpu) or use --backend exact"
-        )
-    import faiss
-
-    return faiss
-
-
-def _as_queries(q: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
-    """Queries as a C-contiguous float32 [Q, D] array (a single [D] vector becomes [1, D])."""
-    arr = q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else np.asarray(q)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise InputError(f"query embeddings have shape {tuple(arr.shape)}, expected [Q, {dim}]")
-    return arr
-
-
-def _stable_order(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by score descending, ties by ascending id, so results are deterministic."""
-    order = np.lexsort((ids, -scores), axis=1) if scores.size else np.zeros_like(ids)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-
-
-@dataclass
-class SearchBackend:
-    """Base class: ``search(queries [Q, D], k) -> (scores [Q, k], ids [Q, k])``."""
-
-    name: str = "base"
-    size: int = 0
-    dim: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = _as_queries(queries, self.dim)
-        k = min(int(k), self.size)
-        if k <= 0:
-            empty = np.zeros((q.shape[0], 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._search(q, k)
-        scores, ids = scores.astype(np.float32), ids.astype(np.int64)
-        # An approximate index pads with id -1 when it finds fewer than k; score those -inf so
-        # they sort last, and callers drop ids < 0.
-        scores[ids < 0] = -np.inf
-        return _stable_order(scores, ids)
-
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+BACKEND_NAMES = ("auto", "exact", "compact-exact", "faiss-flat", "faiss-sq8", "faiss-ivf", "faiss-hnsw")
+FAISS_BACKENDS = ("faiss-flat", "faiss-sq8", "faiss-ivf", "faiss-hnsw")
+# Below this a single exact torch query takes a few ms on 2 cores (README: 2.5 ms at 10k) and
+# needs no build; above it the compact scan is faster (README search table).
+AUTO_COMPACT_MIN = 50_000
+AUTO_APPROX_MIN = AUTO_COMPACT_MIN  # the older name of the same threshold
+DEFAULT_TARGET_RECALL = 0.95  # approximate backends (IVF, HNSW) when asked for by name
+EXACT_QUALITY = 0.999  # a recall target at or above this asks for exact results
 
 
 class ExactBackend(SearchBackend):
@@ -99,6 +58,8 @@ class ExactBackend(SearchBackend):
 
     def __init__(self, embeddings: np.ndarray, query_block: int = 64) -> None:
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if not emb.flags.writeable:  # a read-only memory map: torch wants its own writable copy
+            emb = emb.copy()
         super().__init__(name="exact", size=emb.shape[0], dim=emb.shape[1])
         self._emb = torch.from_numpy(emb)
         self.query_block = query_block
@@ -173,6 +134,10 @@ def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0) -> FaissBac
         index.train(train)
         index.nprobe = min(nlist, 16)
         params = {"nlist": nlist, "nprobe": index.nprobe}
+    elif name == "faiss-sq8":
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index.train(emb)
+        params = {}
     elif name == "faiss-hnsw":
         m = hnsw_m(n)
         index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
@@ -180,15 +145,9 @@ def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0) -> FaissBac
         index.hnsw.efSearch = 64
         params = {"M": m, "efConstruction": 80, "efSearch": 64}
     else:
-        raise InputError(f"unknown FAISS backend {name!r}; choose one of {', '.join(BACKEND_NAMES[2:])}")
+        raise InputError(f"unknown FAISS backend {name!r}; choose one of {', '.join(FAISS_BACKENDS)}")
     index.add(emb)
     return FaissBackend(name, index, d, params)
-
-
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k; both [Q, >=k] id arrays."""
-    hits = [len(set(a[:k].tolist()) & set(e[:k].tolist())) for a, e in zip(approx_ids, exact_ids)]
-    return float(np.mean(hits) / k) if hits else 1.0
 
 
 def calibration_queries(embeddings: np.ndarray, n: int = 200, noise: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -234,12 +193,20 @@ def calibrate(
     return recall
 
 
-def choose_backend(n: int, have_faiss: bool | None = None) -> str:
-    """The backend ``auto`` resolves to for ``n`` vectors: exact below :data:`AUTO_APPROX_MIN`
-    (or without FAISS), else IVF. HNSW answers faster at equal recall but takes minutes per 100k
-    vectors to build on 2 cores (see benchmarks/search.py), so it is only used when asked for."""
+def choose_backend(n: int, have_faiss: bool | None = None, target: float = EXACT_QUALITY) -> str:
+    """The backend ``auto`` resolves to for ``n`` vectors and recall target ``target``.
+
+    Measured on 2 cores (README search table): exact torch search is fastest below
+    :data:`AUTO_COMPACT_MIN` vectors (no build, a few ms); above it the compact scan with exact
+    re-ranking answers the exact top-k 10-30x faster than a full float32 pass. A target below
+    :data:`EXACT_QUALITY` accepts approximate results, and a calibrated IVF index is faster still.
+    Without FAISS everything is exact torch search. HNSW answers fast too but takes minutes per
+    100k vectors to build on 2 cores, so it is only used when asked for.
+    """
     have_faiss = faiss_available() if have_faiss is None else have_faiss
-    return "exact" if n < AUTO_APPROX_MIN or not have_faiss else "faiss-ivf"
+    if n < AUTO_COMPACT_MIN or not have_faiss:
+        return "exact"
+    return "compact-exact" if target >= EXACT_QUALITY else "faiss-ivf"
 
 
 def make_backend(
@@ -248,31 +215,36 @@ def make_backend(
     *,
     cache_dir: str | Path | None = None,
     cache_key: str = "",
-    target_recall: float = DEFAULT_TARGET_RECALL,
+    target_recall: float | None = None,
     k_calibrate: int = 100,
     log: Callable[[str], None] | None = None,
 ) -> SearchBackend:
     """Create backend ``name`` (one of :data:`BACKEND_NAMES`) over ``embeddings`` [N, D].
 
-    Approximate indexes are calibrated to ``target_recall`` at ``k_calibrate`` against exact
-    search and, when ``cache_dir`` is given, saved there (file name includes ``cache_key``, e.g.
-    the embeddings checksum) so the next start skips the build.
+    Calibrated backends reach ``target_recall`` at ``k_calibrate`` against exact search (default:
+    1.0 for ``compact-exact`` and ``auto``, :data:`DEFAULT_TARGET_RECALL` for IVF/HNSW) and, when
+    ``cache_dir`` is given, are saved there (file name includes ``cache_key``, e.g. the embeddings
+    checksum) so the next start skips the build. ``embeddings`` may be an ``np.memmap``.
     """
     if name not in BACKEND_NAMES:
         raise InputError(f"unknown search backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "auto":
-        name = choose_backend(len(embeddings))
+        name = choose_backend(len(embeddings), target=1.0 if target_recall is None else target_recall)
     if name == "exact":
         return ExactBackend(embeddings)
     if len(embeddings) == 0:
         raise InputError("the index is empty; add photos with `tvt index` before searching")
+    if name == "compact-exact":
+        return _make_compact(embeddings, cache_dir, cache_key, 1.0 if target_recall is None else target_recall,
+                             k_calibrate, log)
+    target_recall = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
     cached = _load_cached(name, cache_dir, cache_key, embeddings.shape[1])
     if cached is not None:
         return cached
     if log:
         log(f"building {name} index over {len(embeddings)} vectors")
     backend = build_faiss(name, embeddings)
-    if name != "faiss-flat":
+    if name in ("faiss-ivf", "faiss-hnsw"):
         queries = calibration_queries(embeddings)
         _, exact_ids = ExactBackend(embeddings).search(queries, k_calibrate)
         recall = calibrate(backend, queries, exact_ids, k_calibrate, target_recall)
@@ -282,12 +254,42 @@ def make_backend(
     return backend
 
 
+def _make_compact(embeddings: np.ndarray, cache_dir: str | Path | None, cache_key: str, target: float,
+                  k_calibrate: int, log: Callable[[str], None] | None) -> SearchBackend:
+    """The compact-exact backend: from the cache, or built (reusing an older trained quantiser) and calibrated."""
+    backend = compact.load_cached(embeddings, cache_dir, cache_key)
+    if backend is not None:
+        return backend
+    if log:
+        log(f"building {compact.NAME} codes over {len(embeddings)} vectors")
+    backend = compact.reuse_trained(embeddings, cache_dir) or compact.CompactExactBackend(embeddings)
+    queries = calibration_queries(embeddings)
+    _, exact_ids = _exact_top(embeddings, queries, k_calibrate)
+    recall = compact.calibrate_shortlist(backend, queries, exact_ids, k_calibrate, target)
+    if log:
+        log(f"{compact.NAME}: shortlist {backend.params['shortlist']} of {len(embeddings)} "
+            f"(calibration recall@{min(k_calibrate, len(embeddings))} {recall:.4f} before a {compact.DEFAULT_MARGIN}x margin)")
+    compact.save_cached(backend, cache_dir, cache_key)
+    return backend
+
+
+def _exact_top(embeddings: np.ndarray, queries: np.ndarray, k: int, block: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``queries`` over ``embeddings`` read in row blocks (a memory map is never loaded whole)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(embeddings), block):
+        s, i = ExactBackend(embeddings[start: start + block]).search(queries, k)
+        best_s, best_i = _stable_order(np.concatenate([best_s, s], 1), np.concatenate([best_i, i + start], 1))
+        best_s, best_i = best_s[:, :k], best_i[:, :k]
+    return best_s, best_i
+
+
 def _cache_path(name: str, cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"{name}-{key[:16] or 'nokey'}.faiss"
 
 
 def _load_cached(name: str, cache_dir: str | Path | None, key: str, dim: int) -> FaissBackend | None:
-    if cache_dir is None or name == "faiss-flat":
+    if cache_dir is None or name in ("faiss-flat", "faiss-sq8"):
         return None
     path = _cache_path(name, cache_dir, key)
     meta_path = path.with_suffix(".json")
@@ -311,7 +313,7 @@ def _save_cached(backend: SearchBackend, cache_dir: str | Path | None, key: str)
 
     A cache that cannot be written (read-only index folder) only costs a rebuild next time.
     """
-    if cache_dir is None or not isinstance(backend, FaissBackend) or backend.name == "faiss-flat":
+    if cache_dir is None or not isinstance(backend, FaissBackend) or backend.name in ("faiss-flat", "faiss-sq8"):
         return
     import json
     import os

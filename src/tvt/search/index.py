@@ -197,13 +197,16 @@ class PhotoIndex:
         return Path(os.path.realpath(path))
 
     @classmethod
-    def load(cls, index_dir: str | Path, verify: bool = True) -> PhotoIndex:
-        """Read an index directory; DataError if it is missing, of another version or damaged."""
+    def load(cls, index_dir: str | Path, verify: bool = True, mmap: bool = False) -> PhotoIndex:
+        """Read an index directory; DataError if it is missing, of another version or damaged.
+
+        ``mmap``: leave the embeddings on disk as a read-only ``np.memmap`` (for the compact search
+        backend, which reads only the rows it re-ranks)."""
         d = Path(index_dir).expanduser()
         meta = _read_meta(d)
         try:
             table = json.loads((d / FILES_FILE).read_text(encoding="utf-8"))
-            emb = np.load(d / EMB_FILE, allow_pickle=False)
+            emb = np.load(d / EMB_FILE, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty embeddings file
             raise DataError(f"index {d} is damaged ({exc}); re-run `tvt index` with --rebuild") from exc
         try:

@@ -15,6 +15,7 @@ photos were embedded with modality ``img``.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,9 +27,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from tvt.errors import CheckpointError, InputError
-from tvt.search.backends import SearchBackend, make_backend
+from tvt.search.backends import SearchBackend, choose_backend, make_backend
 from tvt.search.embed import embed_batch
-from tvt.search.index import CACHE_DIR, PhotoIndex, display_name, index_transform, log
+from tvt.search.index import CACHE_DIR, INDEX_FILE, PhotoIndex, display_name, index_transform, log
 
 Query = Union[str, Path, Image.Image, np.ndarray, Sequence]
 STROKE_SUFFIXES = (".ndjson", ".json")
@@ -148,7 +149,7 @@ class Retriever:
         """Load ``index_dir`` and the model that built it (or ``checkpoint``, which must be the
         same file by sha256), and set up ``backend`` (see :data:`tvt.search.backends.BACKEND_NAMES`)."""
         index_dir = Path(index_dir).expanduser()
-        index = PhotoIndex.load(index_dir, verify=verify)
+        index = PhotoIndex.load(index_dir, verify=verify, mmap=_reads_rows_lazily(index_dir, backend))
         if encoder is None:
             encoder = load_index_encoder(index, checkpoint, device)
         say = None if quiet else log
@@ -188,6 +189,17 @@ class Retriever:
             out.append([SearchResult(r, self.index.abspath(i), self.index.paths[i], s, i)
                         for r, (s, i) in enumerate(hits, start=1)])
         return out
+
+
+def _reads_rows_lazily(index_dir: str | Path, backend: str) -> bool:
+    """True when ``backend`` over this index is the compact one, which needs only some float32 rows
+    in memory: the embeddings then stay memory-mapped (1.5 GB per million 384-d photos)."""
+    if backend == "auto":
+        try:
+            backend = choose_backend(int(json.loads((Path(index_dir) / INDEX_FILE).read_text())["count"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # PhotoIndex.load reports what is wrong with the index
+    return backend == "compact-exact"
 
 
 def _is_many(queries: Any) -> bool:
