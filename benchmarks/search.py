@@ -1,19 +1,24 @@
-"""Latency and recall of the search backends (not a test).
+"""Latency, recall, memory and build time of every search backend, in one run (not a test).
 
-For each collection size, random L2-normalised vectors (default 384-d, the ViT-S width) are
-searched with 100 random query vectors. Exact torch search gives the ground truth; each
-approximate FAISS index is first calibrated (nprobe / efSearch raised until recall@k reaches the
-target on 100 *other* queries of the same distribution), then measured on the test queries.
-Latency is reported two ways: one query per call (what a person waiting on the web page sees,
-median over the single calls) and a batch of 100 queries per call (per query). Torch and FAISS
-use ``--threads`` threads.
+For each collection size, L2-normalised vectors (default 384-d, the ViT-S width) are searched
+with 100 query vectors of the same distribution. Exact torch search gives the ground truth. IVF
+and HNSW are calibrated (nprobe / efSearch raised until recall@k reaches ``--target`` on 100
+*other* queries); compact-exact calibrates its shortlist on the index itself, as in the product,
+and reads its float32 rows from a memory-mapped ``.npy`` file, as in the product.
 
-``--data random`` (default) is i.i.d. Gaussian directions, the hardest case for approximate
-search (no structure to exploit); ``--data clustered`` draws vectors around 1000 centres, closer
-to real image embeddings.
+Latency is the median over single-query calls (what a person waiting on the web page sees) and
+the median of ``--repeats`` calls with all 100 queries (per query). Memory is the bytes of the
+searchable structure in RAM (``faiss.serialize_index`` size; the float32 matrix for torch).
+The floor of each storage is the time of one pass over an array of that many bytes (a torch sum,
+``--threads`` threads): what a full scan of that storage costs at least on this machine. Each
+single-query time is also given as a multiple of its floor.
 
-    python benchmarks/search.py                                   # 10k, 100k, 1M, all backends
-    python benchmarks/search.py --sizes 10000 --backends exact faiss-ivf
+``--data clustered`` (default) draws vectors around 1000 centres with cosine ~0.7 to their centre,
+closer to real image embeddings; ``--data random`` is i.i.d. directions, the hardest case for
+approximate search.
+
+    python benchmarks/search.py --sizes 1000000                   # the README table
+    python benchmarks/search.py --sizes 100000 --backends exact compact-exact
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+ALL = ["exact", "faiss-flat", "faiss-sq8", "faiss-ivf", "faiss-hnsw", "compact-exact", "compact-exact:SQ8"]
 
 
 def make_vectors(n: int, d: int, kind: str, rng: np.random.Generator, centres: np.ndarray | None) -> np.ndarray:
@@ -55,18 +64,63 @@ def time_single(backend, queries: np.ndarray, k: int, budget_s: float) -> float:
     return 1000 * statistics.median(times)
 
 
-def time_batch(backend, queries: np.ndarray, k: int) -> float:
-    """ms per query when all queries go in one call (best of 2)."""
-    best = float("inf")
-    for _ in range(2):
+def time_batch(backend, queries: np.ndarray, k: int, repeats: int) -> float:
+    """ms per query when all queries go in one call (median of ``repeats`` calls)."""
+    times = []
+    for _ in range(repeats):
         t = time.perf_counter()
         backend.search(queries, k)
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best / len(queries)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times) / len(queries)
 
 
-def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
-    from tvt.search.backends import ExactBackend, build_faiss, calibrate, recall_at_k
+def pass_ms(nbytes: int, repeats: int = 5) -> float:
+    """The floor: median ms of one pass (a torch sum) over a fresh array of ``nbytes`` bytes."""
+    import torch
+
+    x = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
+    x.sum()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def memory_bytes(backend, db: np.ndarray) -> int:
+    import faiss
+
+    if backend.name == "exact":
+        return int(db.nbytes)
+    if backend.name == "compact-exact":
+        return backend.memory_bytes()
+    return int(faiss.serialize_index(backend.index).nbytes)
+
+
+def build(name: str, db: np.ndarray, rows_file: Path, cal: tuple[np.ndarray, np.ndarray], args: argparse.Namespace):
+    """The backend ``name`` built and calibrated as the product does."""
+    from tvt.search.backends import ExactBackend, _exact_top, build_faiss, calibrate, calibration_queries, make_backend
+    from tvt.search.compact import CompactExactBackend, calibrate_shortlist
+
+    if name == "exact":
+        return ExactBackend(db)
+    if name == "compact-exact":
+        return make_backend("compact-exact", np.load(rows_file, mmap_mode="r"), k_calibrate=args.k)
+    if name.startswith("compact-exact:"):  # the same path over another coarse code (e.g. SQ8)
+        rows = np.load(rows_file, mmap_mode="r")
+        backend = CompactExactBackend(rows, spec=name.split(":", 1)[1])
+        q = calibration_queries(rows)
+        calibrate_shortlist(backend, q, _exact_top(rows, q, args.k)[1], args.k)
+        return backend
+    backend = build_faiss(name, db)
+    if name in ("faiss-ivf", "faiss-hnsw"):
+        calibrate(backend, cal[0], cal[1], args.k, args.target)
+    return backend
+
+
+def bench_size(n: int, args: argparse.Namespace, floors: dict[int, float]) -> list[dict]:
+    from tvt.search.backends import ExactBackend, recall_at_k
 
     rng = np.random.default_rng(args.seed)
     centres = make_vectors(1000, args.dim, "random", rng, None) if args.data == "clustered" else None
@@ -77,76 +131,62 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
     _, truth = exact.search(test_q, args.k)
     _, cal_truth = exact.search(cal_q, args.k)
     rows = []
-    for name in args.backends:
-        if name == "faiss-hnsw" and n > args.hnsw_max:
-            continue
-        t0 = time.perf_counter()
-        backend = exact if name == "exact" else build_faiss(name, db)
-        if name in ("faiss-ivf", "faiss-hnsw"):
-            calibrate(backend, cal_q, cal_truth, args.k, args.target)
-        build_s = time.perf_counter() - t0
-        _, ids = backend.search(test_q, args.k)
-        row = {
-            "n": n, "backend": name, "build_s": round(build_s, 1),
-            "params": {k: v for k, v in backend.params.items() if not k.startswith("recall")},
-            "recall": round(recall_at_k(ids, truth, args.k), 4),
-            "ms_single": round(time_single(backend, test_q, args.k, args.budget), 2),
-            "ms_batch": round(time_batch(backend, test_q, args.k), 2),
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        if args.sweep and name in ("faiss-ivf", "faiss-hnsw"):
-            rows += sweep(backend, test_q, truth, args)
-            backend.set_param(row["params"].get("nprobe", row["params"].get("efSearch")))
-        if backend is not exact:
-            del backend
-    return rows
-
-
-def sweep(backend, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> list[dict]:
-    """Recall and latency of an approximate index at each search-time setting (the trade-off curve)."""
-    from tvt.search.backends import recall_at_k
-
-    knob = "nprobe" if backend.name == "faiss-ivf" else "efSearch"
-    top = backend.params["nlist"] if knob == "nprobe" else 2048
-    grid = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-    values = [v for v in grid if v <= top and (knob == "nprobe" or v >= args.k)]
-    rows = []
-    for v in values:
-        backend.set_param(v)
-        _, ids = backend.search(queries, args.k)
-        row = {"n": backend.size, "backend": backend.name + " (sweep)", "build_s": "",
-               "params": {knob: v}, "recall": round(recall_at_k(ids, truth, args.k), 4),
-               "ms_single": round(time_single(backend, queries, args.k, 2.0), 2),
-               "ms_batch": round(time_batch(backend, queries, args.k), 2)}
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = Path(tmp) / "embeddings.npy"
+        np.save(rows_file, db)
+        for name in args.backends:
+            if name == "faiss-hnsw" and n > args.hnsw_max:
+                print(f"skipping faiss-hnsw at {n:,} (> --hnsw-max {args.hnsw_max:,})", file=sys.stderr)
+                continue
+            t0 = time.perf_counter()
+            backend = build(name, db, rows_file, (cal_q, cal_truth), args)
+            build_s = time.perf_counter() - t0
+            _, ids = backend.search(test_q, args.k)
+            nbytes = memory_bytes(backend, db)
+            if nbytes not in floors:
+                floors[nbytes] = pass_ms(nbytes)
+            row = {
+                "n": n, "backend": name, "build_s": round(build_s, 1),
+                "params": {k: v for k, v in backend.params.items() if not k.startswith(("recall", "calibrated", "k_cal"))},
+                "memory_mb": round(nbytes / 1e6, 1), "floor_ms": round(floors[nbytes], 2),
+                "recall": round(recall_at_k(ids, truth, args.k), 4),
+                "ms_single": round(time_single(backend, test_q, args.k, args.budget), 2),
+                "ms_batch": round(time_batch(backend, test_q, args.k, args.repeats), 3),
+            }
+            row["x_floor_single"] = round(row["ms_single"] / floors[nbytes], 2)
+            row["x_floor_batch"] = round(row["ms_batch"] * len(test_q) / floors[nbytes], 2)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if backend is not exact:
+                del backend
     return rows
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"| vectors | backend | parameters | build (s) | recall@{args.k} | ms/query, 1 per call | "
-             f"ms/query, {args.queries} per call |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| vectors | backend | parameters | build (s) | memory (MB) | recall@{args.k} | ms, 1 query per call "
+             f"(× floor) | ms/query, {args.queries} per call (batch × floor) | floor: one pass (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-        lines.append(f"| {r['n']:,} | {r['backend']} | {params} | {r['build_s']} | {r['recall']:.3f} | "
-                     f"{r['ms_single']:.2f} | {r['ms_batch']:.2f} |")
+        lines.append(f"| {r['n']:,} | {r['backend']} | {params} | {r['build_s']} | {r['memory_mb']:,} | "
+                     f"{r['recall']:.4f} | {r['ms_single']:.2f} ({r['x_floor_single']:.2f}×) | "
+                     f"{r['ms_batch']:.3f} ({r['x_floor_batch']:.2f}×) | {r['floor_ms']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--data", choices=["random", "clustered"], default="random")
-    p.add_argument("--backends", nargs="+", default=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"])
+    p.add_argument("--data", choices=["random", "clustered"], default="clustered")
+    p.add_argument("--backends", nargs="+", default=ALL)
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("-k", type=int, default=100)
-    p.add_argument("--target", type=float, default=0.95, help="recall@k the approximate indexes are tuned to")
+    p.add_argument("--target", type=float, default=0.999, help="recall@k IVF and HNSW are tuned to")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this size (slow build)")
     p.add_argument("--budget", type=float, default=10.0, help="seconds for the one-query timing per backend")
-    p.add_argument("--sweep", action="store_true", help="also print recall/latency at every nprobe / efSearch")
+    p.add_argument("--repeats", type=int, default=3, help="calls with all queries, median taken")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
@@ -160,10 +200,11 @@ def main() -> None:
         faiss.omp_set_num_threads(args.threads)
         fver = faiss.__version__
     except ImportError:
-        args.backends = [b for b in args.backends if not b.startswith("faiss")]
+        args.backends = [b for b in args.backends if b == "exact"]
         fver = "not installed"
     load0 = os.getloadavg()[0]
-    rows = [r for n in args.sizes for r in bench_size(n, args)]
+    floors: dict[int, float] = {}
+    rows = [r for n in args.sizes for r in bench_size(n, args, floors)]
     env = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, {args.threads} threads; "
            f"torch {torch.__version__}, faiss {fver}; {args.data} {args.dim}-d data; "
            f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end")

@@ -189,6 +189,15 @@ def gather_rows(local: np.ndarray, n_total: int) -> np.ndarray:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]).cpu().numpy()
 
 
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s picklable ``obj`` on every rank (the object itself on one process)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

@@ -1,4 +1,8 @@
-"""`tvt index`: embed a folder of photos into a search index (incremental, resumable)."""
+"""`tvt index`: embed a folder of photos into a search index (incremental, resumable).
+
+``torchrun --nproc_per_node N -m tvt.cli index ...`` splits the embedding over N processes
+(:mod:`tvt.search.sharded`); rank 0 writes the index.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="discard the existing index (needed when the checkpoint or folder changed)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="encoder arithmetic: bf16 autocast or fp32 (default: bf16 on a GPU, fp32 on a CPU)")
 
 
 def resolve_device(name: str) -> str:
@@ -89,21 +95,23 @@ def run(args: argparse.Namespace) -> int:
 
     from tvt.errors import InputError
     from tvt.models.resolve import weak_model_warning
+    from tvt.distributed import setup
     from tvt.search.embed import model_identity
-    from tvt.search.index import update_index
 
     if args.batch_size < 1 or args.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file, not a folder; give the index a folder of its own")
     prev = None if args.rebuild else _previous_model(args.out)
+    args.device = str(setup(args.device).device)  # joins the process group under torchrun
     encoder, source = _encoder(args, prev)
     if (warning := weak_model_warning(encoder.info)) is not None:
         print(warning, file=sys.stderr)
     model = model_identity(encoder, source)
     with disk_errors_said(args.out):
-        report = update_index(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
-                              num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress)
+        report = _index(args, encoder, model)
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print(report.summary())
     say_skipped(report, args.out)
     return 0
@@ -142,3 +150,20 @@ def disk_errors_said(out: str) -> Iterator[None]:
         where = f" ({exc.filename})" if exc.filename else ""
         raise DataError(f"cannot write the index in {out}: {exc.strerror or exc}{where}; the last complete index "
                         f"there (if any) is kept unchanged; {hint} and run `tvt index` again") from exc
+
+
+def _index(args: argparse.Namespace, encoder, model) -> IndexReport | None:
+    """Run the (possibly sharded) update; None on ranks other than 0."""
+    import torch
+
+    from tvt.distributed import cleanup
+    from tvt.search.sharded import update_index_sharded
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.device(args.device).type == "cuda")
+    try:
+        return update_index_sharded(args.photo_dir, args.out, encoder, model, batch_size=args.batch_size,
+                                    num_workers=args.workers, rebuild=args.rebuild, progress=not args.no_progress,
+                                    autocast=torch.bfloat16 if bf16 else None,
+                                    extra_meta={"precision": "bf16" if bf16 else "fp32"})
+    finally:
+        cleanup()

@@ -6,6 +6,7 @@ flush, written atomically) so that an interrupted update resumes where it stoppe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -68,9 +69,15 @@ def normalise(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return torch.nn.functional.normalize(t, dim=1, eps=1e-12).numpy()
 
 
-def embed_batch(encoder: Encoder, x: torch.Tensor, modality: str) -> np.ndarray:
-    """``encoder(x [B, 3, S, S], modality)`` -> normalised embeddings [B, D] (float32, host)."""
-    with torch.inference_mode():
+def embed_batch(encoder: Encoder, x: torch.Tensor, modality: str, autocast: torch.dtype | None = None) -> np.ndarray:
+    """``encoder(x [B, 3, S, S], modality)`` -> normalised embeddings [B, D] (float32, host).
+
+    ``autocast`` (e.g. ``torch.bfloat16`` on a GPU) runs the encoder under ``torch.autocast`` on
+    the encoder's device; the embeddings are normalised in float32 either way.
+    """
+    device = torch.device(getattr(encoder, "device", "cpu"))
+    amp = (torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext())
+    with torch.inference_mode(), amp:
         return normalise(encoder(x, modality))
 
 
@@ -115,24 +122,27 @@ def embed_files(
     writer: Any = None,
     flush_every: int = 256,
     progress: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> list[tuple[str, np.ndarray | None, str]]:
     """Embed the photos ``root/rels`` (modality ``img``): ``[(rel, embedding [D] or None, reason)]``.
 
     Each result is also handed to ``writer.add`` and ``writer.flush()`` runs every
     ``flush_every`` photos and when anything (Ctrl-C included) interrupts the loop, so the work
-    done so far survives.
+    done so far survives. ``num_workers`` processes decode images while the encoder runs;
+    ``autocast`` goes to :func:`embed_batch`.
     """
     if not rels:
         return []
+    on_gpu = torch.device(getattr(encoder, "device", "cpu")).type == "cuda"
     loader = DataLoader(_Files(root, rels, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate)
+                        num_workers=num_workers, collate_fn=_collate, pin_memory=on_gpu)
     results: list[tuple[str, np.ndarray | None, str]] = []
     since_flush = 0
     try:
         with tqdm(total=len(rels), desc="embedding photos", unit="img", file=sys.stderr,
                   disable=not progress, dynamic_ncols=True) as bar:
             for x, ok, bad in loader:
-                emb = embed_batch(encoder, x, "img") if x is not None else np.zeros((0, 0), np.float32)
+                emb = embed_batch(encoder, x, "img", autocast) if x is not None else np.zeros((0, 0), np.float32)
                 for row, i in enumerate(ok):
                     results.append((rels[i], emb[row], ""))
                 results += [(rels[i], None, reason) for i, reason in bad]
@@ -182,19 +192,26 @@ def load_partial(index_dir: Path, model: ModelIdentity, photo_root: Path,
 
 
 class ShardWriter:
-    """Appends finished batches to ``partial/shard-NNNNNN.npz`` files (atomic, one per flush)."""
+    """Appends finished batches to ``partial/shard-NNNNNN.npz`` files (atomic, one per flush).
 
-    def __init__(self, index_dir: Path, model: ModelIdentity, photo_root: Path, fresh: bool) -> None:
+    Under torchrun every rank has its own writer: rank ``r`` > 0 names its files
+    ``shard-NNNNNN-r{r}.npz`` and leaves the folder and its ``meta.json`` to rank 0, which must
+    create its writer first (:func:`tvt.search.sharded.update_index_sharded` orders this).
+    """
+
+    def __init__(self, index_dir: Path, model: ModelIdentity, photo_root: Path, fresh: bool, rank: int = 0) -> None:
         self.dir = index_dir / PARTIAL_DIR
-        meta = _partial_meta(model, photo_root)
-        try:
-            same = json.loads((self.dir / "meta.json").read_text()) == meta
-        except (OSError, ValueError):
-            same = False
-        if (fresh or not same) and self.dir.exists():
-            shutil.rmtree(self.dir)  # shards of another model or folder must never be mixed in
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.dir / "meta.json", meta)
+        self.suffix = f"-r{rank}" if rank else ""
+        if rank == 0:
+            meta = _partial_meta(model, photo_root)
+            try:
+                same = json.loads((self.dir / "meta.json").read_text()) == meta
+            except (OSError, ValueError):
+                same = False
+            if (fresh or not same) and self.dir.exists():
+                shutil.rmtree(self.dir)  # shards of another model or folder must never be mixed in
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.dir / "meta.json", meta)
         self.next = 1 + max((int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.npz")), default=-1)
         self.rows: list[tuple[str, int, int, np.ndarray]] = []
         self.skips: list[tuple[str, str, int, int]] = []
@@ -217,7 +234,7 @@ class ShardWriter:
             "skip_reasons": np.array([x[1] for x in s], dtype=str),
             "skip_size": np.array([x[2] for x in s], np.int64), "skip_mtime_ns": np.array([x[3] for x in s], np.int64),
         }
-        write_atomic(self.dir / f"shard-{self.next:06d}.npz", lambda fh: np.savez(fh, **arrays))
+        write_atomic(self.dir / f"shard-{self.next:06d}{self.suffix}.npz", lambda fh: np.savez(fh, **arrays))
         self.next += 1
         self.rows, self.skips = [], []
 

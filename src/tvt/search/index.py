@@ -309,11 +309,15 @@ class IndexReport:
     unchanged: int = 0
     resumed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    embedded: int = 0  # photos embedded by this run (all ranks)
+    embed_seconds: float = 0.0  # wall time of the embedding, all ranks together
 
     def summary(self) -> str:
+        speed = (f"; embedded {self.embedded} in {self.embed_seconds:.1f} s "
+                 f"({self.embedded / self.embed_seconds:.1f} photos/s)" if self.embedded and self.embed_seconds else "")
         return (f"index {self.index_dir}: {self.total} photos ({self.added} added, {self.changed} changed, "
                 f"{self.removed} removed, {self.unchanged} unchanged, {self.resumed} resumed), "
-                f"{len(self.skipped)} skipped")
+                f"{len(self.skipped)} skipped{speed}")
 
 
 def _previous(index_dir: Path, model: ModelIdentity, photo_root: Path, rebuild: bool) -> PhotoIndex | None:
@@ -358,7 +362,16 @@ def update_index(
     (default: the evaluation transform at ``model.img_size``). Only new or changed files are
     embedded; finished batches go to ``partial/`` every ``flush_every`` photos (and on Ctrl-C),
     so an interrupted run continues where it stopped. Unreadable files are skipped and listed.
+    Under torchrun, :func:`tvt.search.sharded.update_index_sharded` splits the embedding over ranks.
     """
+    root, out = index_dirs(photo_root, index_dir)
+    with index_lock(out):
+        return _update_locked(root, out, encoder, model, transform, batch_size, num_workers, rebuild,
+                              flush_every, progress, extra_meta)
+
+
+def index_dirs(photo_root: str | Path, index_dir: str | Path) -> tuple[Path, Path]:
+    """(photo folder, index folder) as absolute paths, checked; the index folder is created."""
     root = Path(photo_root).expanduser().absolute()
     if not root.is_dir():
         raise InputError(f"photo folder {root} does not exist or is not a folder")
@@ -366,9 +379,7 @@ def update_index(
     if os.path.realpath(out) == os.path.realpath(root):
         raise InputError(f"--out {out} is the photo folder itself; give the index its own folder")
     make_index_dir(out)
-    with index_lock(out):
-        return _update_locked(root, out, encoder, model, transform, batch_size, num_workers, rebuild,
-                              flush_every, progress, extra_meta)
+    return root, out
 
 
 def make_index_dir(out: Path) -> None:
@@ -384,7 +395,42 @@ def make_index_dir(out: Path) -> None:
 def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: ModelIdentity,
                    transform: Callable[[Any], Any] | None, batch_size: int, num_workers: int, rebuild: bool,
                    flush_every: int, progress: bool, extra_meta: dict[str, Any] | None) -> IndexReport:
-    from tvt.search.embed import ShardWriter, embed_files, load_partial
+    from tvt.search.embed import ShardWriter, embed_files
+
+    plan = plan_update(root, out, model, rebuild)
+    if plan.nothing_to_write:
+        return plan.report  # also works on a read-only or full disk
+    writer = ShardWriter(out, model, root, fresh=rebuild)
+    start = time.perf_counter()
+    done = embed_files(root, plan.todo, plan.files, encoder, transform or index_transform(model),
+                       batch_size=batch_size, num_workers=num_workers, writer=writer,
+                       flush_every=flush_every, progress=progress)
+    plan.report.embedded, plan.report.embed_seconds = len(plan.todo), time.perf_counter() - start
+    report = commit_update(plan, model, done, extra_meta)
+    writer.remove()
+    return report
+
+
+@dataclass
+class UpdatePlan:
+    """What an update has to do: ``todo`` photos to embed; ``rows`` already known (unchanged or
+    resumed from ``partial/``), ``files`` the {relpath: (size, mtime_ns)} found on disk."""
+
+    root: Path
+    out: Path
+    old: PhotoIndex | None
+    files: dict[str, tuple[int, int]]
+    rows: dict[str, tuple[int, int, np.ndarray]]
+    unchanged: set[str]
+    todo: list[str]
+    report: IndexReport
+    nothing_to_write: bool = False
+
+
+def plan_update(root: Path, out: Path, model: ModelIdentity, rebuild: bool) -> UpdatePlan:
+    """Read the previous index and the partial shards, list the photos to embed (folders from
+    :func:`index_dirs`, index lock held)."""
+    from tvt.search.embed import load_partial
 
     old = _previous(out, model, root, rebuild)
     # an index kept inside the photo folder must not index itself
@@ -395,7 +441,6 @@ def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: Mo
         log(f"tvt index: {out} was built with other preprocessing ({old.meta.get('preprocess')}); "
             "every photo is embedded again")
     rows, unchanged = _unchanged_rows(None if stale else old, files)
-    old_paths = set(old.paths) if old is not None else set()
     part_rows, part_skips = ({}, []) if rebuild else load_partial(out, model, root)
     for rel, (s, m, e) in part_rows.items():
         if rel not in rows and files.get(rel) == (s, m):
@@ -404,26 +449,32 @@ def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: Mo
     done_skips = {rel: reason for rel, reason, s, m in part_skips if files.get(rel) == (s, m)}
     report.skipped += sorted(done_skips.items())
     todo = [rel for rel in sorted(files) if rel not in rows and rel not in done_skips]
+    plan = UpdatePlan(root, out, old, files, rows, unchanged, todo, report)
     if old is not None and not stale and _unchanged(old, files, todo, report):
         report.total = report.unchanged = len(old)
-        return report  # nothing to write: also works on a read-only or full disk
-    writer = ShardWriter(out, model, root, fresh=rebuild)
-    for rel, emb, reason in embed_files(root, todo, files, encoder, transform or index_transform(model),
-                                        batch_size=batch_size, num_workers=num_workers, writer=writer,
-                                        flush_every=flush_every, progress=progress):
+        plan.nothing_to_write = True
+    return plan
+
+
+def commit_update(plan: UpdatePlan, model: ModelIdentity, done: Iterable[tuple[str, np.ndarray | None, str]],
+                  extra_meta: dict[str, Any] | None = None) -> IndexReport:
+    """Add the embedded photos ``done`` [(relpath, embedding [D] or None, skip reason)] to the plan's
+    rows, count what changed and write the index (index.json last)."""
+    report, rows = plan.report, plan.rows
+    for rel, emb, reason in done:
         if emb is None:
             report.skipped.append((rel, reason))
         else:
-            rows[rel] = (*files[rel], emb)
-    report.total, report.unchanged = len(rows), len(unchanged)
-    report.removed = len(old_paths - set(files))
-    report.changed = sum(1 for rel in rows if rel in old_paths and rel not in unchanged)
+            rows[rel] = (*plan.files[rel], emb)
+    old_paths = set(plan.old.paths) if plan.old is not None else set()
+    report.total, report.unchanged = len(rows), len(plan.unchanged)
+    report.removed = len(old_paths - set(plan.files))
+    report.changed = sum(1 for rel in rows if rel in old_paths and rel not in plan.unchanged)
     report.added = report.total - report.unchanged - report.changed
-    created = old.meta.get("created") if old is not None else None
+    created = plan.old.meta.get("created") if plan.old is not None else None
     last = {k: getattr(report, k) for k in ("added", "changed", "removed", "unchanged", "resumed")}
-    write_index(out, root, model, rows, report.skipped, created,
+    write_index(plan.out, plan.root, model, rows, report.skipped, created,
                 {"preprocess": _preprocess_meta(model), "last_update": last, **(extra_meta or {})})
-    writer.remove()
     return report
 
 
