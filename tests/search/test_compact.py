@@ -56,7 +56,7 @@ def _assert_exact(backend, db: np.ndarray, q: np.ndarray, k: int) -> None:
 def test_compact_top_k_equals_exact_with_ties():
     db = _with_duplicates(_clustered(3000), copies=300)
     backend = make_backend("compact-exact", db, k_calibrate=20)
-    assert backend.params["coarse"] == coarse_spec(32) == "PQ8x4fs"
+    assert backend.params["coarse"] == coarse_spec(32) == "PQ16x4fs"
     assert backend.params["recall@20"] >= 0.999
     assert 20 <= backend.shortlist_for(20) < len(db) // 2  # a real shortlist, not a full re-scoring
     q = _queries(db, seed=7)

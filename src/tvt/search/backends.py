@@ -10,7 +10,7 @@
   a full scan; a quarter of the memory of float32).
 * ``compact-exact``: 4-bit PQ fast scan of every row, then exact re-ranking of a shortlist whose
   length is calibrated on the index (:mod:`tvt.search.compact`): the exact top-k, from compact
-  codes in memory (48 bytes per 384-d photo) and float32 rows that may stay on disk.
+  codes in memory (96 bytes per 384-d photo) and float32 rows that may stay on disk.
 
 ``auto`` picks the fastest backend that meets the recall target for the collection's size
 (:func:`choose_backend`). Derived indexes are cached in ``INDEX_DIR/cache`` with their

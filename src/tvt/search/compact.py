@@ -1,8 +1,8 @@
 """Compact exact search: a fast scan of compact codes, then exact re-ranking of a shortlist.
 
 The index keeps only compact codes in memory: FAISS 4-bit product quantisation with SIMD
-"fast scan" (``PQ{D/4}x4fs``: one bit per dimension, 48 bytes for a 384-d vector, 48 MB per
-million photos). A query scans every code (no clustering, so no part of the collection is ever
+"fast scan" (``PQ{D/2}x4fs``: 4 bits per pair of dimensions, 96 bytes for a 384-d vector, 96 MB
+per million photos). A query scans every code (no clustering, so no part of the collection is ever
 skipped), keeps the ``shortlist`` best approximate scores, and re-scores those rows exactly from
 the float32 embeddings, which may stay on disk (``np.memmap``): only the shortlisted rows are read.
 The returned top-k is ordered by exact score, ties by ascending id, like ``ExactBackend``.
@@ -11,7 +11,9 @@ The shortlist size is calibrated on the index itself (:func:`calibrate_shortlist
 queries drawn from the collection are searched exactly, and the shortlist is the smallest that
 holds the exact top-k of all of them (``target`` 1.0), times a safety margin. Why PQ fast scan and
 not an 8-bit scalar quantiser: on 2 cores a FAISS SQ8 scan of 1M x 384 takes ~140 ms per query
-(it decodes every code to floats), a PQ fast scan ~5-10 ms (benchmarks/search.py).
+(it decodes every code to floats), a PQ fast scan ~5-10 ms (benchmarks/search.py). Coarser
+codes (4 dims per sub-quantiser) scan faster but need shortlists 10x longer for the hardest
+queries of a 100k collection, which costs more in re-ranking than it saves.
 
 Incremental updates (:meth:`CompactExactBackend.add`) encode the new rows with the trained
 quantiser; the shortlist grows in proportion to the collection, since the number of rows that
@@ -40,8 +42,8 @@ DEFAULT_MARGIN = 1.5
 
 
 def coarse_spec(dim: int) -> str:
-    """The FAISS factory string of the compact codes: 4-bit PQ fast scan, 4 dims per sub-quantiser."""
-    for per_sub in (4, 2, 1):
+    """The FAISS factory string of the compact codes: 4-bit PQ fast scan, 2 dims per sub-quantiser."""
+    for per_sub in (2, 1):
         if dim % per_sub == 0:
             return f"PQ{dim // per_sub}x4fs"
     raise AssertionError("unreachable: every dim is divisible by 1")
@@ -89,6 +91,11 @@ class CompactExactBackend(SearchBackend):
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """float32 rows [len(ids), D] of the given ids (any order), read part by part."""
+        if len(self._parts) == 1:
+            order = np.argsort(ids, kind="stable")  # ascending reads: kinder to a memory map
+            out = np.empty((len(ids), self.dim), np.float32)
+            out[order] = self._parts[0][ids[order]]
+            return out
         out = np.empty((len(ids), self.dim), np.float32)
         for part, off in zip(self._parts, self._offsets):
             sel = np.nonzero((ids >= off) & (ids < off + len(part)))[0]
