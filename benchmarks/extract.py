@@ -21,14 +21,41 @@ import torch.nn.functional as F
 from _models import build, set_reference_attention
 
 
-def extract(student, x: torch.Tensor, batch: int, fast: bool, device) -> torch.Tensor:
+def extract(student, x: torch.Tensor, batch: int, fast: bool, device, dtype: torch.dtype | None = None) -> torch.Tensor:
     ctx = torch.inference_mode() if fast else torch.no_grad()
-    ac = torch.autocast(device.type, dtype=torch.bfloat16) if (fast and device.type == "cuda") else contextlib.nullcontext()
+    ac = torch.autocast(device.type, dtype=dtype) if (fast and dtype is not None) else contextlib.nullcontext()
     outs = []
     with ctx, ac:
         for i in range(0, len(x), batch):
             outs.append(student.features(x[i:i + batch], "skt", 0).float())
     return F.normalize(torch.cat(outs), dim=1)
+
+
+def measure(args, device: torch.device) -> dict:
+    """{"reference": img/s, "fast": img/s, "diff": max |feature difference|} for ``args.size``."""
+    from train_step import fast_dtype
+
+    torch.manual_seed(0)
+    _, _, student, img, _ = build(args.size, device)
+    student.eval()
+    x = torch.randn(args.images, 3, img, img).to(device)
+    dtype = fast_dtype(getattr(args, "precision", "auto"), device)
+    results = {}
+    for mode in ("reference", "fast"):
+        set_reference_attention(student, reference=(mode == "reference"))
+        feats = extract(student, x[: args.batch], args.batch, mode == "fast", device, dtype)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            feats = extract(student, x, args.batch, mode == "fast", device, dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        results[mode] = (args.images / statistics.median(times), feats)
+    diff = (results["fast"][1] - results["reference"][1]).abs().max().item()
+    return {"reference": results["reference"][0], "fast": results["fast"][0], "diff": diff, "bf16": dtype is not None}
 
 
 def main() -> None:
@@ -38,37 +65,21 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="fast path arithmetic (default: bf16 autocast on a GPU, fp32 on a CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    _, _, student, img, _ = build(args.size, device)
-    student.eval()
-    x = torch.randn(args.images, 3, img, img).to(device)
-    results = {}
-    for mode in ("reference", "fast"):
-        set_reference_attention(student, reference=(mode == "reference"))
-        feats = extract(student, x[: args.batch], args.batch, mode == "fast", device)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            feats = extract(student, x, args.batch, mode == "fast", device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        results[mode] = (args.images / statistics.median(times), feats)
+    r = measure(args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    diff = (results["fast"][1] - results["reference"][1]).abs().max().item()
     print(f"feature extraction, model {args.size}, {args.images} images, batch {args.batch}, device: {name}, "
           f"torch {torch.__version__}")
     print(f"| path | images/s (median of {args.repeats}) |")
     print("|---|---|")
-    print(f"| reference (fp32, explicit attention, no_grad) | {results['reference'][0]:.1f} |")
-    print(f"| tvt (SDPA, inference_mode{', bf16' if device.type == 'cuda' else ''}) | {results['fast'][0]:.1f} |")
-    print(f"speed-up {results['fast'][0] / results['reference'][0]:.2f}x; max |feature difference| {diff:.2e}")
+    print(f"| reference (fp32, explicit attention, no_grad) | {r['reference']:.1f} |")
+    print(f"| tvt (SDPA, inference_mode{', bf16' if r['bf16'] else ''}) | {r['fast']:.1f} |")
+    print(f"speed-up {r['fast'] / r['reference']:.2f}x; max |feature difference| {r['diff']:.2e}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from tvt.losses.objective import tvt_loss
 
 
 def step(teachers, student, opt, x_img, x_skt, y, accum: int, skt_factor: int, fast: bool, device) -> float:
-    dtype = torch.bfloat16 if (fast and device.type == "cuda") else None
+    dtype = step.dtype if fast else None  # the reference is always fp32
     ac = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     no_grad = torch.inference_mode if fast else torch.no_grad
     centres, ca = step.centres, step.ca
@@ -52,6 +52,11 @@ def step(teachers, student, opt, x_img, x_skt, y, accum: int, skt_factor: int, f
     return total
 
 
+def fast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the fast path: bf16 on a GPU unless ``precision`` says otherwise."""
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+
+
 def run(mode: str, args, device) -> tuple[float, float]:
     torch.manual_seed(0)
     t_img, t_skt, student, img, classes = build(args.size, device)
@@ -59,6 +64,7 @@ def run(mode: str, args, device) -> tuple[float, float]:
     student.eval()  # [Q19]
     if mode == "fast" and args.compile:
         student = torch.compile(student)
+    step.dtype = fast_dtype(getattr(args, "precision", "auto"), device)
     step.centres = DINOCenter(t_img.head.last_layer.weight_v.shape[0]).to(device)
     step.ca = CenterAlignment(classes, dim=student.head_fusion.fc.weight.shape[1]).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
@@ -89,6 +95,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="fast path arithmetic (default: bf16 autocast on a GPU, fp32 on a CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,7 +110,7 @@ def main() -> None:
     print("| path | images/s (median of %d) | first-step loss |" % args.repeats)
     print("|---|---|---|")
     print(f"| reference (fp32, explicit attention) | {ref:.1f} | {loss_ref:.5f} |")
-    print(f"| tvt (SDPA{', bf16' if device.type == 'cuda' else ''}{', compile' if args.compile else ''}) | {fast:.1f} | {loss_fast:.5f} |")
+    print(f"| tvt (SDPA{', bf16' if fast_dtype(args.precision, device) else ''}{', compile' if args.compile else ''}) | {fast:.1f} | {loss_fast:.5f} |")
     print(f"speed-up {fast / ref:.2f}x; loss difference {abs(loss_fast - loss_ref):.2e} (tolerance {tol:g}): "
           f"{'ok' if abs(loss_fast - loss_ref) <= tol * max(1.0, abs(loss_ref)) else 'MISMATCH'}")
 
