@@ -2,7 +2,9 @@
 
 * :func:`update_index` builds or incrementally updates an index directory of a photo folder;
 * :class:`PhotoIndex` reads one;
-* :func:`make_backend` gives exact (torch) or FAISS search over the embeddings;
+* :func:`make_backend` gives exact (torch), compact-exact (PQ fast scan + exact re-ranking) or FAISS
+  search over the embeddings;
+* :func:`~tvt.search.sharded.update_index_sharded` splits indexing over torchrun ranks;
 * :class:`Retriever` ties index, model and backend together: ``Retriever.from_index(dir).search(q, k)``.
 """
 
