@@ -22,7 +22,7 @@ JOB = textwrap.dedent('''
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from tvt.engine.distributed import cleanup, rank_and_world, setup
+    from tvt.distributed import cleanup, rank_and_world, setup
     from tvt.search.index import ModelIdentity
     from tvt.search.sharded import update_index_sharded
 
