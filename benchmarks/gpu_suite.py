@@ -63,7 +63,7 @@ def index_rows(args: argparse.Namespace) -> list[list[str]]:
         for precision in ("bf16", "fp32"):
             r = index_bench.measure(1, precision, tmp / "photos", ckpt, tmp, ns)
             rows.append([f"`tvt index` ({args.photos} JPEGs of {args.photo_size} px, {args.workers} workers)",
-                         precision, "–", f"{r['img_s']:.1f}", "–", "1 process; start-up subtracted"])
+                         precision, "–", f"{r['img_s']:.1f}", "–", "1 process; rate printed by tvt index (start-up excluded)"])
     return rows
 
 
