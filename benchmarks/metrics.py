@@ -87,7 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
 
-    from tvt.eval.metrics import reference_metrics, retrieval_metrics, score_matrix
+    from tvt.eval.metrics import retrieval_metrics, score_matrix
+    from tvt.eval.metrics_reference import reference_metrics
 
     torch.set_num_threads(args.threads)
     q, ql, g, gl = make_data(args)

@@ -14,7 +14,8 @@ from tvt.eval.binary import (
     procrustes_rotation,
     random_rotation,
 )
-from tvt.eval.metrics import reference_metrics, retrieval_metrics
+from tvt.eval.metrics import retrieval_metrics
+from tvt.eval.metrics_reference import reference_metrics
 
 
 def correlated(seed: int, n: int = 400, d: int = 24) -> np.ndarray:

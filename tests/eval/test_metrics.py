@@ -14,14 +14,12 @@ from tvt.cli import main
 from tvt.errors import DataError
 from tvt.eval.metrics import (
     _relevant_ranks,
-    average_precision_reference,
     iter_relevant_ranks,
     order_keys,
-    precision_reference,
-    reference_metrics,
     retrieval_metrics,
     score_matrix,
 )
+from tvt.eval.metrics_reference import average_precision_reference, precision_reference, reference_metrics
 
 KS = dict(ks_map=(1, 3, 10, 1000), ks_prec=(1, 5, 10, 1000))
 

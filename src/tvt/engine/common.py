@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +151,3 @@ class Throughput:
         self.t0, self.n = time.perf_counter(), 0
         return r
 
-
-def limited(it: Iterable, n: int) -> Iterator:
-    """The first ``n`` items of ``it`` (all when n <= 0)."""
-    for i, x in enumerate(it):
-        if 0 < n <= i:
-            return
-        yield x

@@ -9,7 +9,6 @@ unless ``eval.use_train`` asks for seen-class retrieval.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +172,19 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
 
 def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progress: bool = True,
              name: str = "tvt") -> dict[str, Any]:
-    """Evaluate a checkpoint (TVT student or a plain ViT) on the split of ``cfg``; write reports."""
+    """Stage C: zero-shot retrieval of a checkpoint (TVT student or a plain ViT) on the split of ``cfg``.
+
+    Args:
+        cfg: the config (``cfg.data`` names the dataset and split, ``cfg.eval`` the metrics).
+        checkpoint: a TVT or ViT checkpoint file; its stored class lists are checked against the split.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; under torchrun features are sharded over ranks.
+        progress: show progress bars.
+        name: the model's name in the reports.
+    Returns:
+        ``{"mAP@all", "mAP@<k>", "P@<k>", ..., "n_queries", "n_gallery"}`` (with ``binary<bits>/...``
+        metrics when ``cfg.eval.binary_bits`` is set) and ``"files"``: the reports written to
+        ``cfg.eval.output_dir`` (default: ``eval/`` beside the checkpoint).
+    """
     from tvt.distributed import setup
     from tvt.models.weights import load_encoder, read_training_info
 
@@ -219,7 +230,3 @@ def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = Fal
                                                      exclude_self=exclude_self))
     return out
 
-
-def save_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float))

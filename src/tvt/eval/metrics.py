@@ -340,6 +340,9 @@ def retrieval_metrics(
 ) -> dict[str, Any]:
     """mAP@all, mAP@k and P@k (spec §6.2) of queries ``q`` [Q, D] against gallery ``g`` [G, D].
 
+    ``q_labels`` [Q] and ``g_labels`` [G] are the integer class of each row; a gallery
+    item is relevant to a query when their labels are equal.
+
     ``scores="cosine"``: features (numpy or torch) are L2-normalised and compared by dot product
     in float32. ``scores="hamming"``: ``q`` and ``g`` are binary codes [N, bits] (bool or 0/1),
     ranked by ascending Hamming distance. Ties go to the lower gallery index [Q33]. ``chunk``
@@ -415,10 +418,3 @@ def _drop_self(ranks: torch.Tensor, ranked_idx: torch.Tensor, qidx: torch.Tensor
     after = is_self.long().cumsum(1) - is_self.long()  # 1 for relevant items ranked after it
     return (ranks - after)[~is_self].view(ranks.shape[0], ranks.shape[1] - 1)
 
-
-# The plain per-query reference lives in its own module; re-exported here for callers.
-from tvt.eval.metrics_reference import (  # noqa: E402
-    average_precision_reference,
-    precision_reference,
-    reference_metrics,
-)
