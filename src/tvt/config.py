@@ -371,7 +371,16 @@ def _safe_yaml(text: str, source: str) -> Any:
 
 
 def load(paths: list[str | Path] | tuple[str | Path, ...] = (), overrides: list[str] = ()) -> Config:
-    """Defaults, then each YAML file in order, then each ``section.key=value`` override."""
+    """The typed config: defaults, then each YAML file in order, then each ``section.key=value`` override.
+
+    Args:
+        paths: YAML files, each a diff over the defaults (``section: {key: value}``).
+        overrides: strings like ``"train.lr=1e-4"``; values are parsed as YAML.
+    Returns:
+        A :class:`Config` (sections ``data``, ``model``, ``sketch``, ``train``, ``eval``).
+    Raises :class:`~tvt.errors.ConfigError` naming the file or override for an unknown key, a
+    value of the wrong type or out of range.
+    """
     cfg = Config()
     for path in paths:
         p = Path(path)

@@ -338,8 +338,17 @@ def build(cfg: Config, device: str = "auto") -> SketchTask:
 
 
 def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool = True) -> Path:
-    """Run stage A; returns the path of the selected checkpoint (best on hold-out, or last).
+    """Run stage A: DINO self-distillation of the sketch ViT, started from ``cfg.sketch.init``.
 
+    Args:
+        cfg: the config; ``cfg.sketch.init`` is the image ViT's full DINO checkpoint (``"random"``
+            trains from scratch), ``cfg.sketch.output_dir`` the run folder.
+        resume: continue from the run folder's checkpoint (False: start over).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; under torchrun each rank takes its own.
+        progress: show a progress bar.
+    Returns:
+        The path of the selected checkpoint (best on the hold-out classes, or the last one with
+        ``sketch.selection=last``): the sketch teacher of stage B (``cfg.train.sketch_teacher``).
     Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
     """
     return loop.fit(build(cfg, device), resume=resume, progress=progress)

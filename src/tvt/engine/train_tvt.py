@@ -286,8 +286,16 @@ def build(cfg: Config, device: str = "auto") -> TVTTask:
 
 
 def train(cfg: Config, resume: bool = True, device: str = "auto", progress: bool = True) -> Path:
-    """Run stage B to ``cfg.train.epochs``; resume from the output directory when asked.
+    """Run stage B (TVT) to ``cfg.train.epochs``; resume from the output directory when asked.
 
+    Args:
+        cfg: the config; ``cfg.train.image_teacher`` and ``cfg.train.sketch_teacher`` name the frozen
+            teachers' checkpoints, ``cfg.train.output_dir`` the run folder.
+        resume: continue from the run folder's checkpoint (False: start over).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; under torchrun each rank takes its own.
+        progress: show a progress bar.
+    Returns:
+        The path of the final checkpoint (a plain dict with the student, config and class lists).
     Raises :class:`TrainingInterrupted` after saving when SIGTERM/SIGINT arrives.
     """
     return loop.fit(build(cfg, device), resume=resume, progress=progress)

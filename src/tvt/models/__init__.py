@@ -1,22 +1,27 @@
 """Models: DINO-style ViT on timm, the TVT fusion ViT, heads, wrappers and weight loading.
 
 See spec §2 (architecture) and §3 (initialisation, checkpoints).
+
+User API (``__all__``): named TVT models (:func:`create_model`, :data:`MODEL_VARIANTS`), loading
+trained weights (:func:`load_encoder` for retrieval features; :func:`load_student`,
+:func:`load_teacher`, :func:`load_backbone` for the modules), and the module classes. Plumbing
+stays in the submodules: checkpoint reading and headers in :mod:`tvt.models.weights`, official
+key conversion in :mod:`tvt.models.convert`.
 """
 
 from tvt.models.backbones import BACKBONES, build_named_vit
 from tvt.models.backbone_weights import load_named_backbone
 from tvt.models.fusion import FusionViT
 from tvt.models.heads import DINOHead, FusionHead
+from tvt.models.variants import MODEL_VARIANTS, ModelVariant, create_model
 from tvt.models.vit import DinoViT, ViTArch, build_vit
 from tvt.models.weights import (
     Encoder,
-    arch_hints,
     init_student_from_teacher,
     load_backbone,
     load_encoder,
     load_student,
     load_teacher,
-    read_checkpoint,
 )
 from tvt.models.resolve import open_encoder
 from tvt.models.wrappers import Student, StudentOutput, Teacher
@@ -31,16 +36,17 @@ __all__ = [
     "Encoder",
     "FusionHead",
     "FusionViT",
+    "MODEL_VARIANTS",
+    "ModelVariant",
     "Student",
     "StudentOutput",
     "Teacher",
     "ViTArch",
-    "arch_hints",
     "build_vit",
+    "create_model",
     "init_student_from_teacher",
     "load_backbone",
     "load_encoder",
     "load_student",
     "load_teacher",
-    "read_checkpoint",
 ]

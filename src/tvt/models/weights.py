@@ -173,11 +173,15 @@ def load_backbone(path: str | Path) -> DinoViT:
     return vit.eval()
 
 
-def _student_model(
+def new_student(
     arch: ViTArch, token_num: int, pos_resample: str, head_dims: dict, num_classes: int,
     fusion_dims: dict | None = None,
 ) -> Student:
-    """A randomly initialised Student of the given sizes (fusion MLP = DINO MLP sizes by default)."""
+    """A randomly initialised Student of the given sizes (fusion MLP = DINO MLP sizes by default).
+
+    ``head_dims`` / ``fusion_dims``: ``out_dim`` (DINO head only), ``hidden_dim``, ``bottleneck_dim``,
+    ``nlayers``, as :func:`tvt.models.convert.infer_head_dims` reads them from weights.
+    """
     mlp = {k: head_dims[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
     fusion_mlp = {k: (fusion_dims or head_dims)[k] for k in ("hidden_dim", "bottleneck_dim", "nlayers")}
     backbone = FusionViT(arch, token_num=token_num, pos_resample=pos_resample)
@@ -222,7 +226,7 @@ def init_student_from_teacher(
     hint = {"num_heads": num_heads} if num_heads else {}
     arch = infer_vit_arch(backbone, "<teacher state>", prefix_tokens=1, hint=hint)
     dims = infer_head_dims(head, "<teacher state>", "DINO head")
-    student = _student_model(arch, token_num, pos_resample, dims, num_classes)
+    student = new_student(arch, token_num, pos_resample, dims, num_classes)
     cls, pos = backbone.pop("cls_token"), backbone.pop("pos_embed")
     new: dict[str, Tensor] = {f"backbone.{k}": v for k, v in backbone.items()}
     for name in student.backbone.token_names:
@@ -278,7 +282,7 @@ def build_student(
     mode = pos_resample or hint.get("pos_resample") or "fidelity"
     if mode not in POS_RESAMPLE_MODES:
         raise CheckpointError(f"checkpoint {path}: pos_resample {mode!r} is not one of {POS_RESAMPLE_MODES}")
-    student = _student_model(arch, token_num, mode, dims, fusion["num_classes"], fusion)
+    student = new_student(arch, token_num, mode, dims, fusion["num_classes"], fusion)
     _load(student, state, path, "TVT student")
     return student
 
@@ -408,7 +412,16 @@ def load_encoder(path: str | Path, return_idx: int | None = 0, device: str | tor
 
     A TVT student is used when the file has one (``features`` with ``return_idx``); otherwise the
     plain ViT (DINO backbone-only/full teacher, timm, our stage-A checkpoints) gives its pooled
-    feature and ``return_idx`` is ignored. ``return_idx`` None: 0, or an exported folder's own.
+    feature and ``return_idx`` is ignored.
+
+    Args:
+        path: the checkpoint file or model folder.
+        return_idx: which TVT feature (0: the fusion token z_fus; see ``Student.features``); None: 0,
+            or an exported folder's own.
+        device: where the model runs.
+    Returns:
+        An :class:`Encoder`: ``encoder(x [N, 3, S, S], "img" | "skt") -> [N, dim]`` raw features,
+        with ``.dim``, ``.img_size`` (the native side S) and ``.model``.
     """
     p = Path(path).expanduser()
     if p.is_dir():

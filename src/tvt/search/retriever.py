@@ -128,7 +128,12 @@ def crop_to_ink(img: Image.Image, threshold: int = 245, margin: float = 0.08) ->
 
 
 class Retriever:
-    """Search an index with sketches. Thread-safe: queries are embedded one batch at a time."""
+    """Search an index of photos with sketches. Thread-safe: queries are embedded one batch at a time.
+
+    ``Retriever.from_index(index_dir)`` loads an index made by ``tvt index`` and its model;
+    ``search(query, k) -> [SearchResult]`` (``rank``, ``score``, ``path``, ``id``), best first.
+    A query is an image file, a stroke file, a PIL image, an array or one drawing (see the module).
+    """
 
     def __init__(self, index: PhotoIndex, encoder: Callable[[torch.Tensor, str], torch.Tensor],
                  backend: SearchBackend | None = None,
