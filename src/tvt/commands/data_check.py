@@ -20,24 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import os
-    from pathlib import Path
-
     from tvt.data.check import check_dataset, format_report
     from tvt.errors import InputError
+    from tvt.files import write_json
 
     report = check_dataset(args.root, args.dataset, args.split, strict=args.strict,
                            verify_images=args.verify_images, workers=args.workers)
     print(format_report(report))
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(out.name + ".tmp")
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, out)  # never leave a half-written report
+            out = write_json(args.json, report, ensure_ascii=False)
         except OSError as exc:
-            raise InputError(f"cannot write the JSON report to {out}: {exc}; choose another --json path") from exc
+            raise InputError(f"cannot write the JSON report to {args.json}: {exc}; choose another --json path") from exc
         print(f"report written to {out}")
     return 1 if args.strict and report["problems"] else 0

@@ -38,6 +38,7 @@ from PIL import Image
 
 from tvt.data.folder import ALPHA_BACKGROUNDS, DEFAULT_MAX_PIXELS, load_rgb
 from tvt.errors import DataError
+from tvt.files import atomic_write
 
 _MAGIC = b"TVTDC\x00\x01\n"  # last two bytes: format version; a new format simply misses
 _TRAILER = struct.Struct("<8s16sqqI4x")  # 48 bytes, layout in the module docstring
@@ -147,19 +148,16 @@ def _to_image(arr: np.ndarray) -> Image.Image:
 
 
 def _write_atomic(file: Path, arr: np.ndarray, digest: bytes, size: int, mtime_ns: int) -> None:
-    """Write ``.npy`` + trailer to a unique temporary name beside ``file``, then ``os.replace`` it in."""
-    file.parent.mkdir(exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Write ``.npy`` + trailer to a temporary name of its own beside ``file``, then rename it in."""
     trailer = _TRAILER.pack(_MAGIC, digest, size, mtime_ns, zlib.crc32(arr))
-    try:
-        # O_EXCL + a random name: no two writers share a temporary file; 0o644 minus the umask.
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.write(trailer)
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(f: Any) -> None:
+        np.save(f, arr, allow_pickle=False)
+        f.write(trailer)
+
+    # unique: DataLoader workers and ranks may write the same entry at once; no fsync: a lost entry
+    # is only decoded again
+    atomic_write(file, write, fsync=False, unique=True)
 
 
 def _read(file: Path, digest: bytes, size: int, mtime_ns: int, verify: bool) -> np.ndarray | None:

@@ -14,7 +14,6 @@ sketches (spec §1.3) are *not* removed here: the loaders drop them, so the data
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from tvt.data.names import ClassMatcher, MatchResult
 from tvt.data.splits import Protocol, load_protocol
 from tvt.data.strokes import check_render_options, count_drawings, render_stroke_file
 from tvt.errors import DataError, InputError
+from tvt.files import sha256_file, write_json, write_text
 
 FORMAT_DATASET: dict[str, str] = {
     "sketchy": "sketchy",
@@ -224,14 +224,6 @@ def _place_images(src: Path, dst: Path, mode: str, limit: int | None) -> list[Pa
     return placed
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _match_modality(mod: _Modality, protocol: Protocol, allow_missing: bool) -> None:
     mod.match = ClassMatcher(protocol.all_classes, protocol.dataset).match(
         mod.entries, what=f"{mod.name} folders in {mod.root}")
@@ -255,12 +247,6 @@ def _notes(fmt: str, photo: _Modality) -> list[str]:
     return notes
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_split_files(dataset_root: Path, protocol: Protocol, split: str | None = None) -> list[Path]:
     """Write ``split/all_classes.txt`` and ``split/<split>_classes.txt``; return both paths."""
     split = split or protocol.split
@@ -269,8 +255,8 @@ def write_split_files(dataset_root: Path, protocol: Protocol, split: str | None 
     folder = dataset_root / "split"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "all_classes.txt", folder / f"{split}_classes.txt"]
-    _write_text_atomic(paths[0], "\n".join(protocol.all_classes) + "\n")
-    _write_text_atomic(paths[1], "\n".join(protocol.test_classes) + "\n")
+    write_text(paths[0], "\n".join(protocol.all_classes) + "\n")
+    write_text(paths[1], "\n".join(protocol.test_classes) + "\n")
     return paths
 
 
@@ -337,7 +323,7 @@ def prepare(source: str | Path, fmt: str, protocol_name: str, out: str | Path,
         placed = {m.name: _fill(m, dataset_root, protocol, opts, bar) for m in mods}
     manifest = build_manifest(dataset_root, protocol, fmt, mods, placed, split_paths, opts)
     manifest["notes"] = _notes(fmt, photo)
-    _write_text_atomic(dataset_root / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_json(dataset_root / MANIFEST, manifest, indent=1)
     return manifest
 
 
@@ -379,5 +365,5 @@ def build_manifest(dataset_root: Path, protocol: Protocol, fmt: str, mods: list[
         manifest["render"] = {"size": opts.size, "line_width": opts.line_width,
                               "padding": opts.padding, "antialias": False}
     if opts.checksums:
-        manifest["files"] = {f: _sha256(dataset_root / f) for f in files}
+        manifest["files"] = {f: sha256_file(dataset_root / f) for f in files}
     return manifest

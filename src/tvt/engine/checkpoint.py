@@ -22,6 +22,7 @@ import random
 import re
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from tvt.errors import CheckpointError, ConfigError
+from tvt.files import atomic_write
 
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint-prev.pth"
@@ -40,20 +42,6 @@ _NUMBERED = re.compile(r"checkpoint-(\d{4,})\.pth$")
 
 class DiskFullError(CheckpointError, OSError):
     """No space (or quota) left while writing a checkpoint; the previous file is untouched."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 CHECKSUM = "checksum"
@@ -81,26 +69,19 @@ def checksum(obj: dict[str, Any]) -> str:
     return f"{_crc({k: v for k, v in obj.items() if k != CHECKSUM}, 0):08x}"
 
 
-def _write_tmp(obj: dict[str, Any], path: Path) -> Path:
-    """Write ``obj`` (plus its checksum) to ``<path>.tmp`` (flushed, fsynced); removed on any failure."""
+def _save(obj: dict[str, Any], path: Path, before_replace: Callable[[], object] | None = None) -> Path:
+    """Write ``obj`` plus its checksum atomically (fsynced); a full disk raises :class:`DiskFullError`."""
     obj = {**obj, CHECKSUM: checksum(obj)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return atomic_write(path, lambda fh: torch.save(obj, fh), before_replace=before_replace)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             err = DiskFullError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
                                 "checkpoint (if any) is intact. Free disk space and run the same command again to "
                                 "resume")
             err.errno = exc.errno
             raise err from exc
         raise
-    return tmp
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
@@ -109,15 +90,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     A full disk raises :class:`DiskFullError` (a CheckpointError and an OSError) naming the file;
     ``path`` keeps its old content.
     """
-    path = Path(path)
-    tmp = _write_tmp(obj, path)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return _save(obj, Path(path))
 
 
 def save_latest(obj: dict[str, Any], run_dir: str | Path) -> Path:
@@ -129,16 +102,12 @@ def save_latest(obj: dict[str, Any], run_dir: str | Path) -> Path:
     """
     run_dir = Path(run_dir)
     path = run_dir / LATEST
-    tmp = _write_tmp(obj, path)
-    try:
+
+    def keep_previous() -> None:
         if path.is_file():
             os.replace(path, run_dir / PREVIOUS)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(run_dir)
-    return path
+
+    return _save(obj, path, keep_previous)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

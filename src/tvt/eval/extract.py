@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
+
+from tvt.files import write_json
 
 FLUSH_SECONDS = 30.0
 
@@ -40,12 +41,6 @@ def file_identity(path: str | Path) -> tuple[str, int, int]:
     return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _write_sidecar(path: Path, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
-
-
 def _open_cache(cache: Path, n: int, dim: int, key: str) -> tuple[np.ndarray, int]:
     """The memory map and the number of rows already done (0 when starting over)."""
     side = cache.with_suffix(".json")
@@ -58,7 +53,7 @@ def _open_cache(cache: Path, n: int, dim: int, key: str) -> tuple[np.ndarray, in
             pass
     cache.parent.mkdir(parents=True, exist_ok=True)
     arr = np.lib.format.open_memmap(cache, mode="w+", dtype=np.float32, shape=(n, dim))
-    _write_sidecar(side, {"fingerprint": key, "n": n, "dim": dim, "rows_done": 0})
+    write_json(side, {"fingerprint": key, "n": n, "dim": dim, "rows_done": 0}, indent=None)
     return arr, 0
 
 
@@ -104,7 +99,8 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Da
         bar.update(len(f))
         if cache is not None and (time.monotonic() - last_flush > FLUSH_SECONDS or row == n):
             out.flush()
-            _write_sidecar(Path(cache).with_suffix(".json"), {"fingerprint": key, "n": n, "dim": dim, "rows_done": row})
+            meta = {"fingerprint": key, "n": n, "dim": dim, "rows_done": row}
+            write_json(Path(cache).with_suffix(".json"), meta, indent=None)
             last_flush = time.monotonic()
     bar.close()
     return np.asarray(out)
