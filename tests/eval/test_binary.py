@@ -167,3 +167,19 @@ def test_binary_retrieval_metrics_end_to_end():
     assert res == retrieval_metrics(model.encode(q), ql, model.encode(g), gl, scores="hamming", ks_map=(10,),
                                     ks_prec=(10,))
     assert res["mAP@all"] > 0.6  # well-separated classes survive 8-bit codes
+
+
+def test_stage_c_binary_rows_are_itq_codes_of_the_gallery():
+    """``eval.binary_bits``: ITQ fitted on the gallery photos, both sets coded, ranked by Hamming distance."""
+    from tvt import config
+    from tvt.eval.evaluate import score_features
+
+    rng = np.random.default_rng(3)
+    feats = {"q": rng.standard_normal((40, 16)), "q_labels": rng.integers(0, 4, 40),
+             "g": rng.standard_normal((60, 16)), "g_labels": rng.integers(0, 4, 60)}
+    m = score_features(feats, config.load([], ["eval.binary_bits=8"]))
+    itq = fit_itq(feats["g"], n_bits=8)
+    ref = retrieval_metrics(itq.encode(feats["q"]), feats["q_labels"], itq.encode(feats["g"]), feats["g_labels"],
+                            scores="hamming")
+    assert {k: m[f"binary8/{k}"] for k in ("mAP@all", "mAP@200", "P@100", "P@200")} == {
+        k: ref[k] for k in ("mAP@all", "mAP@200", "P@100", "P@200")}

@@ -237,6 +237,12 @@ def test_cli_json_equals_retrieval_metrics(tmp_path, capsys):
     expected = retrieval_metrics(q, ql, g, gl)
     assert {k: data[k] for k in expected} == expected
     assert set(data) == set(expected) | {f"binary/{k}" for k in ("mAP@all", "mAP@200", "P@100", "P@200")}
+    from tvt.eval.binary import fit_itq  # the binary rows: ITQ fitted on the gallery, codes ranked by Hamming
+
+    itq = fit_itq(g, n_bits=8)
+    binary = retrieval_metrics(itq.encode(q), ql, itq.encode(g), gl, scores="hamming")
+    assert {f"binary/{k}": binary[k] for k in ("mAP@all", "mAP@200", "P@100", "P@200")} == {
+        k: v for k, v in data.items() if k.startswith("binary/")}
     assert "mAP@all" in capsys.readouterr().out
     assert main(["metrics", qp, qp, "--json", str(out), "--exclude-self", "--map-k", "5", "--prec-k", "3"]) == 0
     assert json.loads(out.read_text()) == retrieval_metrics(q, ql, q, ql, exclude_self=True, ks_map=(5,), ks_prec=(3,))

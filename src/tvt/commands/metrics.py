@@ -66,7 +66,7 @@ def load_feature_file(path: Path) -> tuple[Any, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from tvt.errors import DataError
-    from tvt.eval.binary import fit_itq
+    from tvt.eval.binary import binary_retrieval_metrics
     from tvt.eval.metrics import retrieval_metrics
     from tvt.eval.report import format_table, write_results
 
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     rows = {f"float ({qf.shape[1]}-d)": results}
     merged = dict(results)
     if args.binary is not None:
-        itq = fit_itq(gf, n_bits=args.binary)
-        binary = retrieval_metrics(itq.encode(qf), ql, itq.encode(gf), gl, scores="hamming", **kwargs)
+        binary = binary_retrieval_metrics(qf, ql, gf, gl, n_bits=args.binary, **kwargs)
         rows[f"binary ({args.binary} bits)"] = binary
         merged.update({f"binary/{k}": v for k, v in binary.items() if k in keys})
     print(f"{results['n_queries']} queries, {results['n_gallery']} gallery items")

@@ -203,7 +203,9 @@ def binary_retrieval_metrics(
 ) -> dict[str, Any]:
     """ITQ fitted on the gallery features, then Hamming-ranked metrics (spec §6.6).
 
-    Returns :func:`~tvt.eval.metrics.retrieval_metrics`' dict; ``metric_kwargs`` go to it.
+    The one place binary codes are scored (``tvt eval --binary``, ``tvt metrics --binary``).
+    ``q`` [Q, D], ``g`` [G, D] real features with labels [Q] / [G]. Returns
+    :func:`~tvt.eval.metrics.retrieval_metrics`' dict; ``metric_kwargs`` go to it.
     """
     model = fit_itq(g, n_bits=n_bits, n_iter=n_iter, seed=seed, compat=compat, l2_normalize=l2_normalize)
     return retrieval_metrics(

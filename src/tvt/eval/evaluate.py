@@ -94,11 +94,10 @@ def score_features(feats: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
     m = retrieval_metrics(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"], ks_map=tuple(e.map_k),
                           ks_prec=tuple(e.prec_k), return_per_query=True)
     if e.binary_bits:
-        from tvt.eval.binary import fit_itq
+        from tvt.eval.binary import binary_retrieval_metrics
 
-        itq = fit_itq(feats["g"], n_bits=e.binary_bits)
-        b = retrieval_metrics(itq.encode(feats["q"]), feats["q_labels"], itq.encode(feats["g"]), feats["g_labels"],
-                              ks_map=tuple(e.map_k), ks_prec=tuple(e.prec_k), scores="hamming")
+        b = binary_retrieval_metrics(feats["q"], feats["q_labels"], feats["g"], feats["g_labels"],
+                                     n_bits=e.binary_bits, ks_map=tuple(e.map_k), ks_prec=tuple(e.prec_k))
         m.update({f"binary{e.binary_bits}/{k}": v for k, v in b.items() if k not in ("per_query",)})
     return m
 
