@@ -31,6 +31,7 @@ import torch
 
 from tvt.errors import DataError
 from tvt.eval.metrics import check_codes, check_features, retrieval_metrics
+from tvt.vectors import l2_normalize as unit_rows  # here `l2_normalize` is the name of a flag
 
 _FORMAT = "tvt-itq-v1"
 
@@ -105,13 +106,8 @@ class ITQ:
 
 
 def _prepare_features(x: Any, name: str, l2_normalize: bool) -> np.ndarray:
-    xs = check_features(x, name).double().numpy()
-    if l2_normalize:
-        norm = np.linalg.norm(xs, axis=1, keepdims=True)
-        if (norm == 0).any():
-            raise DataError(f"{name}: {int((norm == 0).sum())} all-zero vectors cannot be L2-normalised")
-        xs = xs / norm
-    return xs
+    xs = check_features(x, name).double()
+    return (unit_rows(xs, name=name) if l2_normalize else xs).numpy()
 
 
 def random_rotation(n: int, seed: int) -> np.ndarray:

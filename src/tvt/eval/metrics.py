@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from tvt.errors import DataError
+from tvt.vectors import l2_normalize
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _CHUNK_ELEMENTS = 1 << 24  # score elements per chunk (~0.5 GB of working memory)
@@ -108,24 +109,13 @@ def _to_tensor(x: Any, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def l2_normalize(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Rows of ``x`` [N, D] divided by their L2 norm (computed in float64), as float32; zero rows -> DataError."""
-    norm = x.double().norm(dim=1, keepdim=True)
-    zero = norm[:, 0] == 0
-    if bool(zero.any()):
-        row = int(zero.nonzero()[0, 0])
-        raise DataError(
-            f"{name}: {int(zero.sum())} all-zero feature vectors (first in row {row}); cosine similarity is "
-            "undefined for them — check the features"
-        )
-    return (x.double() / norm).to(torch.float32)
-
-
 def _prepare(q: Any, g: Any, scores: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated query/gallery matrices whose dot products are the scores."""
     if scores == "cosine":
         qt, gt = check_features(q, "query features"), check_features(g, "gallery features")
-        qt, gt = l2_normalize(qt, "query features"), l2_normalize(gt, "gallery features")
+        # normalised in float64, then scored in float32
+        qt = l2_normalize(qt.double(), name="query features").float()
+        gt = l2_normalize(gt.double(), name="gallery features").float()
     elif scores == "hamming":
         # ±1 codes: dot = bits - 2 * Hamming distance, exact in float32
         qt, gt = check_codes(q, "query codes"), check_codes(g, "gallery codes")
