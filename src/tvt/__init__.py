@@ -33,7 +33,18 @@ _EXPORTS = {
     "Retriever": "tvt.search.retriever:Retriever",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "Config",
+    "load_config",
+    "create_model",
+    "load_encoder",
+    "train_sketch",
+    "train",
+    "evaluate",
+    "retrieval_metrics",
+    "Retriever",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 

@@ -32,7 +32,24 @@ _EXPORTS = {
     "dino_multicrop_transform": "tvt.data.transforms:dino_multicrop_transform",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "ClassFolder",
+    "ImageReadError",
+    "load_rgb",
+    "Split",
+    "load_split",
+    "list_images",
+    "DecodedCache",
+    "check_dataset",
+    "PrepareOptions",
+    "prepare_dataset",
+    "generate_synthetic",
+    "load_stroke_file",
+    "render_stroke_file",
+    "eval_transform",
+    "tvt_train_transform",
+    "dino_multicrop_transform",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 

@@ -26,7 +26,18 @@ _EXPORTS = {
     "run_demo": "tvt.engine.demo:run_demo",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "train_sketch",
+    "train",
+    "build_sketch_task",
+    "build_tvt_task",
+    "SketchTask",
+    "TVTTask",
+    "Task",
+    "fit",
+    "TrainingInterrupted",
+    "run_demo",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 

@@ -28,7 +28,18 @@ _EXPORTS = {
     "format_table": "tvt.eval.report:format_table",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "retrieval_metrics",
+    "score_matrix",
+    "reference_metrics",
+    "ITQ",
+    "fit_itq",
+    "hamming_scores",
+    "binary_retrieval_metrics",
+    "extract_features",
+    "intra_modal",
+    "format_table",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
