@@ -34,6 +34,7 @@ from torch import nn
 
 from tvt.errors import CheckpointError, ConfigError
 from tvt.files import atomic_write
+from tvt.models.convert import read_checkpoint
 
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint-prev.pth"
@@ -111,18 +112,9 @@ def save_latest(obj: dict[str, Any], run_dir: str | Path) -> Path:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Load one of our checkpoints with ``weights_only=True``; CheckpointError if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        # first sentence only: torch's advice about weights_only would mislead for a damaged file
-        detail = re.split(r"(?<=\.)\s", (str(exc).strip().splitlines() or [""])[0])[0][:160]
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {detail})") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} does not hold a dict")
+    """Load one of our checkpoints (:func:`tvt.models.convert.read_checkpoint`: ``weights_only=True``)
+    and check its stored checksum; CheckpointError naming the file if unreadable or changed."""
+    obj = read_checkpoint(path)
     if CHECKSUM in obj and obj[CHECKSUM] != checksum(obj):
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the checksum stored with it")
     return obj

@@ -54,6 +54,13 @@ def _torch_load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    # first sentence only: torch's advice about weights_only would mislead for a damaged file
+    detail = re.split(r"(?<=\.)\s", (str(exc).strip().splitlines() or [""])[0])[0][:160]
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {detail}), or not a "
+                           "PyTorch checkpoint; copy or download it again")
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file to a dict on the CPU, never executing pickled code.
 
@@ -73,16 +80,15 @@ def read_checkpoint(path: str | Path) -> dict:
         else:
             obj = _torch_load(p)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # torch's words for a refused class; junk bytes fail here too
+            raise _unreadable(p, exc) from exc
         raise CheckpointError(
             f"checkpoint {p} contains pickled objects other than tensors and argparse.Namespace "
             f"({_short(exc)}); it is not loaded for safety. Re-save it with only tensors, numbers "
             "and strings (e.g. torch.save({'student': model.state_dict()}, path))"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for foreign or cut files
-        raise CheckpointError(
-            f"cannot read checkpoint {p} ({_short(exc)}): it is not a PyTorch checkpoint, or it is "
-            "truncated or corrupt; download or copy it again"
-        ) from exc
+        raise _unreadable(p, exc) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, expected a dict")
     return obj
