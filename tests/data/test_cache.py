@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from tvt.data.cache import DecodedCache
-from tvt.data.folder import ClassFolder, ImageReadError, load_rgb
+from tvt.data.folder import ClassFolder
+from tvt.data.images import ImageReadError, load_rgb
 from tvt.data.transforms import eval_transform, tvt_train_transform
 from tvt.errors import DataError
 

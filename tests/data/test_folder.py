@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tvt.data.folder import ClassFolder, ImageReadError, load_rgb, to_rgb
+from tvt.data.folder import ClassFolder
+from tvt.data.images import ImageReadError, load_rgb, to_rgb
 from tvt.data.layout import SKETCHY_OUTLIERS
 from tvt.errors import DataError
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tvt.cli import main
-from tvt.data.folder import load_rgb
+from tvt.data.images import load_rgb
 from tvt.data.transforms import eval_transform
 from tvt.models.weights import arch_hints
 

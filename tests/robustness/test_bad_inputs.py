@@ -51,7 +51,7 @@ def _sha(path: Path) -> str:
 
 @pytest.mark.parametrize("name", ALL_IMAGES)
 def test_load_rgb(tmp_path, name):
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
 
     path = corpus.write_image(tmp_path, name)
     if name in BAD_IMAGES:
@@ -85,7 +85,7 @@ def test_class_folder_item(tmp_path, name):
 
 
 def test_huge_png_is_refused_cheaply(tmp_path):
-    from tvt.data.folder import open_image
+    from tvt.data.images import open_image
 
     path = tmp_path / "huge.png"
     path.write_bytes(corpus.huge_png())

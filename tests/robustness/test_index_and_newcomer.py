@@ -186,7 +186,7 @@ def test_index_skips_non_regular_files(tmp_path, capsys, tiny_ckpt, bad):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
 def test_loaders_and_data_check_refuse_non_regular_files(tmp_path, capsys, bad):
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
 
     names = _specials(tmp_path / "x")
     for name in names:
@@ -216,7 +216,7 @@ def _exif_jpeg(path: Path, orientation: int) -> Path:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pillow(tmp_path, orientation):
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
     from tvt.search.retriever import load_query_image
 
     path = _exif_jpeg(tmp_path / "p.jpg", orientation)

@@ -104,7 +104,7 @@ def test_concurrent_decodes_are_limited(retriever, monkeypatch):
     body = _png(_lines16(1500))
     answers: list[dict] = []
     threads = [threading.Thread(target=lambda: answers.append(app_module._search(
-        retriever, body, "image/png", 2, True, app_module.MAX_PIXELS))) for _ in range(6)]
+        retriever, body, "image/png", 2, True, app_module.UPLOAD_MAX_PIXELS))) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:

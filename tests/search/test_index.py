@@ -20,7 +20,7 @@ def _build(photo_dir: Path, out: Path, enc, helpers, **kw):
 
 def _reference_embedding(path: Path, enc) -> np.ndarray:
     """Independent computation: load, resize, project, normalise."""
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
     from tvt.data.transforms import eval_transform
 
     x = eval_transform(enc.img_size)(load_rgb(path))[None]

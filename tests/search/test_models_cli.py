@@ -78,7 +78,7 @@ def test_folder_loads_without_unpickling(tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_index_with_pretrained_backbone(photos, synth_photos, tmp_path, capsys):
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
     from tvt.data.transforms import eval_transform
     from tvt.search.retriever import Retriever
 

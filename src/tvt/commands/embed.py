@@ -59,7 +59,7 @@ def embed_files(encoder, paths: list[Path], modality: str, img_size: int, batch_
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
     from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
     # the backbone's own normalisation (CLIP's and SigLIP's are not ImageNet's)

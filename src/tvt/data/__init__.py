@@ -15,8 +15,8 @@ from tvt._lazy import lazy_exports
 
 _EXPORTS = {
     "ClassFolder": "tvt.data.folder:ClassFolder",
-    "ImageReadError": "tvt.data.folder:ImageReadError",
-    "load_rgb": "tvt.data.folder:load_rgb",
+    "ImageReadError": "tvt.data.images:ImageReadError",
+    "load_rgb": "tvt.data.images:load_rgb",
     "Split": "tvt.data.layout:Split",
     "load_split": "tvt.data.layout:load_split",
     "list_images": "tvt.data.layout:list_images",
@@ -56,7 +56,8 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 if TYPE_CHECKING:
     from tvt.data.cache import DecodedCache
     from tvt.data.check import check_dataset
-    from tvt.data.folder import ClassFolder, ImageReadError, load_rgb
+    from tvt.data.folder import ClassFolder
+    from tvt.data.images import ImageReadError, load_rgb
     from tvt.data.layout import Split, list_images, load_split
     from tvt.data.prepare import PrepareOptions
     from tvt.data.prepare import prepare as prepare_dataset

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tvt.data.folder import ALPHA_BACKGROUNDS, DEFAULT_MAX_PIXELS, load_rgb
+from tvt.data.images import ALPHA_BACKGROUNDS, DATASET_MAX_PIXELS, load_rgb
 from tvt.errors import DataError
 from tvt.files import atomic_write
 
@@ -64,7 +64,7 @@ class DecodedCache:
         self._digests: dict[tuple[str, str, bool], bytes] = {}
         _check_writable(self.root)
 
-    def get(self, path: str | Path, alpha_background: str = "white", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    def get(self, path: str | Path, alpha_background: str = "white", max_pixels: int | None = DATASET_MAX_PIXELS,
             *, exif_transpose: bool = False) -> Image.Image:
         """``load_rgb(path, alpha_background, max_pixels=..., exif_transpose=...)``, from the cache when valid.
 

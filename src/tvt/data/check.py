@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from tvt.data.folder import DEFAULT_MAX_PIXELS, ImageReadError, file_kind, has_alpha, open_image, read_error_kind
+from tvt.data.images import DATASET_MAX_PIXELS, ImageReadError, file_kind, has_alpha, open_image, read_error_kind
 from tvt.data.layout import Split, drop_outliers, list_images, load_split, outliers_for
 
 PROBLEM_KINDS = ("missing_class_folder", "empty_class", "unreadable_image", "truncated_image",
@@ -30,7 +30,7 @@ def _problem(kind: str, path: Path | str, cls: str | None, message: str) -> dict
     return {"kind": kind, "path": str(path), "class": cls, "message": message}
 
 
-def inspect_image(path: Path, cls: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict | None:
+def inspect_image(path: Path, cls: str | None = None, max_pixels: int | None = DATASET_MAX_PIXELS) -> dict | None:
     """Open ``path`` fully; return a problem dict (unreadable, truncated, transparent) or ``None``.
 
     PIL ``verify`` checks the file structure (PNG checksums), then a full decode catches
@@ -148,7 +148,7 @@ def _totals(per_class: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def check_dataset(root: str | Path, dataset: str, split: str, *, strict: bool = False, verify_images: bool = True,
-                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+                  workers: int | None = None, max_pixels: int | None = DATASET_MAX_PIXELS) -> dict:
     """Check ``<root>/<dataset>`` for ``split`` and return a JSON-ready report.
 
     Keys: ``dataset, split, root, train_classes, test_classes, per_class`` ({class: {role, photos,

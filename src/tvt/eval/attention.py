@@ -71,7 +71,7 @@ def attention_figure(model: nn.Module, transform, query_path: str | Path, result
     the maps show, a caption per column (query class; rank and class of each result) and a colour
     scale; without them it is a bare image grid.
     """
-    from tvt.data.folder import load_rgb
+    from tvt.data.images import load_rgb
 
     paths = [Path(query_path), *map(Path, result_paths)]
     images = [load_rgb(p) for p in paths]

@@ -91,7 +91,7 @@ class _Files(Dataset):
         return len(self.rels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
-        from tvt.data.folder import load_rgb
+        from tvt.data.images import load_rgb
 
         try:
             # phone photos store "rotate me" in EXIF: index them upright, as they are shown

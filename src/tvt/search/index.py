@@ -124,7 +124,7 @@ def scan_photos(photo_root: str | Path,
     extensions). A symlink that resolves outside the root is skipped, so the server can never be
     made to read a file outside it; so are files below ``exclude`` (e.g. the index itself).
     """
-    from tvt.data.folder import file_kind
+    from tvt.data.images import file_kind
     from tvt.data.layout import list_images
 
     root = Path(photo_root)

@@ -33,7 +33,7 @@ from tvt.search.index import CACHE_DIR, INDEX_FILE, PhotoIndex, display_name, in
 
 Query = Union[str, Path, Image.Image, np.ndarray, Sequence]
 STROKE_SUFFIXES = (".ndjson", ".json")
-DEFAULT_MAX_PIXELS = 40_000_000  # a query larger than this is refused before decoding
+QUERY_MAX_PIXELS = 40_000_000  # a query image (file or array) larger than this is refused before decoding
 # Crop a sketch to its ink before searching, by default, in every entry point: a drawing in a corner
 # of a canvas is then searched as the drawing, and one sketch ranks the same everywhere.
 DEFAULT_CROP = True
@@ -80,9 +80,9 @@ def render_drawing(drawing: Sequence, size: int = 256, line_width: float = 4, pa
 
 
 def load_query_image(query: Query, *, drawing_index: int = 0,
-                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+                     max_pixels: int | None = QUERY_MAX_PIXELS) -> Image.Image:
     """Any supported query -> RGB PIL image on a white background."""
-    from tvt.data.folder import exif_orientation, load_rgb, orient, to_rgb
+    from tvt.data.images import exif_orientation, load_rgb, orient, to_rgb
 
     if isinstance(query, Image.Image):
         return orient(to_rgb(query, "white"), exif_orientation(query))
@@ -249,7 +249,7 @@ def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device:
 def contact_sheet(query: Image.Image, results: Sequence[SearchResult], *, thumb: int = 128,
                   cols: int = 5) -> Image.Image:
     """A PNG-ready sheet: the query (left) and the results in a grid, each with rank and score."""
-    from tvt.data.folder import exif_orientation, orient
+    from tvt.data.images import exif_orientation, orient
 
     rows = max(1, -(-len(results) // cols))
     cell, text_h, gap = thumb, 14, 6

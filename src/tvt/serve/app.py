@@ -42,14 +42,14 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tvt.data.folder import exif_orientation, orient
+from tvt.data.images import exif_orientation, orient
 from tvt.data.strokes import DrawingTooComplex
 from tvt.errors import InputError, TvtError
 from tvt.search.index import display_name
 from tvt.search.retriever import DEFAULT_CROP, Retriever, load_query_image
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
-MAX_PIXELS = 16_000_000  # e.g. 4000 x 4000; a canvas drawing is well below
+UPLOAD_MAX_PIXELS = 16_000_000  # an uploaded query, e.g. 4000 x 4000; a canvas drawing is well below
 MAX_SIDE = 10_000
 MAX_K = 100
 MAX_POINTS = 100_000
@@ -105,7 +105,7 @@ def shrink(img: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     return img.resize(size, Image.Resampling.BOX)
 
 
-def decode_image(data: bytes, content_type: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, content_type: str, max_pixels: int = UPLOAD_MAX_PIXELS) -> Image.Image:
     """PNG/JPEG bytes -> RGB image of at most ``WORK_SIDE`` px a side, EXIF orientation applied;
     400 if undecodable or not of the declared type, 413 if too large.
 
@@ -257,11 +257,11 @@ class Thumbnails:
         return data
 
     def _render(self, path: Any) -> bytes:
-        from tvt.data.folder import DEFAULT_MAX_PIXELS, to_rgb
+        from tvt.data.images import DATASET_MAX_PIXELS, to_rgb
 
         try:
             with Image.open(path) as im:
-                if im.width * im.height > DEFAULT_MAX_PIXELS:
+                if im.width * im.height > DATASET_MAX_PIXELS:
                     raise ValueError("too many pixels")
                 orientation = exif_orientation(im)
                 im.draft("RGB", (self.size, self.size))  # JPEG: decode at 1/2..1/8 scale, much faster
@@ -275,7 +275,7 @@ class Thumbnails:
         return buf.getvalue()
 
 
-def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS,
+def create_app(retriever: Retriever, *, max_body: int = MAX_BODY_BYTES, max_pixels: int = UPLOAD_MAX_PIXELS,
                max_k: int = MAX_K, allowed_hosts: Iterable[str] | None = None,
                body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving ``retriever``.
