@@ -82,6 +82,33 @@ def test_thumbnails(client, retriever):
     assert client.get("/thumb/0").content == r.content  # cached
 
 
+def test_thumbnail_cache_keeps_the_most_recent_and_notices_a_changed_file(private_index):
+    import os
+
+    from tvt.search import Retriever
+    from tvt.serve.app import Thumbnails
+
+    photos, index = private_index
+    rendered = []
+
+    class Counting(Thumbnails):
+        def _render(self, path):
+            rendered.append(path.name)
+            return path.name.encode()
+
+    thumbs = Counting(Retriever.from_index(index, quiet=True), cache=1)
+    a, b = thumbs.get(0), thumbs.get(0)
+    assert a == b and len(rendered) == 1  # the second call is served from the cache
+    thumbs.get(1)
+    thumbs.get(0)
+    assert len(rendered) == 3  # one entry: photo 1 pushed photo 0 out
+    path = thumbs.index.abspath(0)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    thumbs.get(0)
+    assert len(rendered) == 4  # a changed file is rendered again
+
+
 def _bomb(side: int = 12_000) -> bytes:
     """A side x side 1-bit PNG: ~100 kB on the wire for 144 M pixels."""
     return _png(Image.new("1", (side, side), 1))

@@ -24,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import io
 import json
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -231,30 +232,24 @@ class Thumbnails:
 
     def __init__(self, retriever: Retriever, size: int = THUMB_SIZE, cache: int = 512) -> None:
         self.index, self.size, self.cache_size = retriever.index, size, cache
-        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        # per instance; a failed render raises and is not cached
+        self._cached = functools.lru_cache(maxsize=cache)(self._decode)
 
     def get(self, photo_id: int) -> bytes:
         if not 0 <= photo_id < len(self.index):
             raise HTTPException(404, f"no photo with id {photo_id}: ids are integers 0..{len(self.index) - 1}")
         try:
             path = self.index.safe_path(photo_id)
-            key = (photo_id, path.stat().st_mtime_ns)
+            mtime_ns = path.stat().st_mtime_ns
         except InputError as exc:
             raise HTTPException(404, display_name(str(exc).replace(str(self.index.photo_root), "<photo root>"))) from exc
         except OSError as exc:  # removed between the check and the stat
             raise HTTPException(404, f"photo {photo_id} can no longer be read") from exc
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        return self._cached(photo_id, mtime_ns, path)
+
+    def _decode(self, photo_id: int, mtime_ns: int, path: Path) -> bytes:
         with _decodes:
-            data = self._render(path)
-        with self._lock:
-            self._cache[key] = data
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return data
+            return self._render(path)
 
     def _render(self, path: Any) -> bytes:
         from tvt.data.images import DATASET_MAX_PIXELS, to_rgb
