@@ -1,4 +1,4 @@
-"""Arguments shared by the commands that take a config."""
+"""Arguments shared by the commands that take a config, and the run of a training stage."""
 
 from __future__ import annotations
 
@@ -71,3 +71,27 @@ def is_main() -> bool:
     from tvt.distributed import rank_and_world
 
     return rank_and_world()[0] == 0
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The config arguments plus resume and progress (``tvt pretrain-sketch``, ``tvt train``)."""
+    add_config_arguments(p)
+    p.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from the run directory's last checkpoint if there is one (default)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if checkpoints exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_training(args: argparse.Namespace, stage: str) -> int:
+    """Stage ``"sketch"`` (A) or ``"train"`` (B) from the command line; rank 0 prints the checkpoint path."""
+    import importlib
+
+    module, what = {"sketch": ("tvt.engine.train_dino", "selected checkpoint"),
+                    "train": ("tvt.engine.train_tvt", "checkpoint")}[stage]
+    cfg = load_config(args)
+    require_inputs(cfg, stage)
+    path = importlib.import_module(module).train(cfg, resume=args.resume, device=args.device,
+                                                 progress=not args.no_progress)
+    if is_main():  # under torchrun only rank 0 reports
+        print(f"{what}: {path}")
+    return 0
