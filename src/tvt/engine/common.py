@@ -59,6 +59,16 @@ def make_scaler(precision: str) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One optimizer step (through the GradScaler for fp16), then clear the gradients."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def param_groups(model: nn.Module, backbone_lr_mult: float | None) -> list[dict[str, Any]]:
     """Spec §3.4 / [Q16]: groups by name; "not regularised" = name ends in .bias or 1-D.
 

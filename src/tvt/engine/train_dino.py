@@ -41,8 +41,8 @@ from tvt.distributed import DistInfo, setup, wrap_ddp
 from tvt.engine import checkpoint as ckpt
 from tvt.engine import loop
 from tvt.engine.checkpoint import Position
-from tvt.engine.common import (autocast, cancel_last_layer, clip_per_parameter, config_arch, make_scaler, param_groups,
-                               resolve_precision, seed_everything, set_drop_path, set_lr_wd)
+from tvt.engine.common import (autocast, cancel_last_layer, clip_per_parameter, config_arch, make_scaler, optimizer_step,
+                               param_groups, resolve_precision, seed_everything, set_drop_path, set_lr_wd)
 from tvt.engine.sampling import STREAM_STAGE_A, RankLoaders, make_loader, seeded
 from tvt.engine.schedules import accumulation_slices, cosine_scheduler, teacher_temp_schedule
 from tvt.errors import ConfigError
@@ -319,12 +319,7 @@ class SketchTask:
 
     def _update(self, it: int) -> None:
         """Optimizer step, then the EMA teacher (once per optimizer step)."""
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.optimizer, self.scaler)
         m = float(self.momentum[it])
         with torch.no_grad():
             for p_s, p_t in zip(self.student.parameters(), self.teacher.parameters()):

@@ -37,7 +37,7 @@ from tvt.distributed import DistInfo, setup, wrap_ddp
 from tvt.engine import checkpoint as ckpt
 from tvt.engine import loop
 from tvt.engine.checkpoint import Position
-from tvt.engine.common import (autocast, cancel_last_layer, clip_per_parameter, make_scaler, param_groups,
+from tvt.engine.common import (autocast, cancel_last_layer, clip_per_parameter, make_scaler, optimizer_step, param_groups,
                                resolve_precision, seed_everything, set_drop_path, set_lr_wd)
 from tvt.engine.sampling import ResumablePairedLoader, VirtualRankLoader
 from tvt.engine.schedules import align_uniform_schedule, cosine_scheduler, teacher_temp_schedule
@@ -231,12 +231,7 @@ class TVTTask:
             self.scaler.unscale_(self.optimizer)
         clip_per_parameter(self.student.parameters(), t.clip_grad)
         cancel_last_layer(self.student, epoch, t.freeze_last_layer)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.optimizer, self.scaler)
         return sums
 
     def _substep(self, x: list[torch.Tensor], y: torch.Tensor, modality: str, epoch: int, it: int, n_sub: float,
