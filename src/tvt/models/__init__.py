@@ -2,17 +2,19 @@
 
 See spec §2 (architecture) and §3 (initialisation, checkpoints).
 
-User API (``__all__``): named TVT models (:func:`create_model`, :data:`MODEL_VARIANTS`), loading
-trained weights (:func:`load_encoder` for retrieval features; :func:`load_student`,
-:func:`load_teacher`, :func:`load_backbone` for the modules), and the module classes. Plumbing
-stays in the submodules: checkpoint reading and headers in :mod:`tvt.models.weights`, official
-key conversion in :mod:`tvt.models.convert`.
+User API (``__all__``): named TVT models (:func:`create_model`, :data:`MODEL_VARIANTS`), pretrained
+ViT backbones by name (:data:`BACKBONES`, :func:`build_named_vit`, :func:`load_named_backbone`),
+loading trained weights (:func:`load_encoder` / :func:`open_encoder` for retrieval features;
+:func:`load_student`, :func:`load_teacher`, :func:`load_backbone` for the modules), and the module
+classes. Plumbing stays in the submodules: checkpoint reading and headers in
+:mod:`tvt.models.weights` and :mod:`tvt.models.convert`, exported folders in :mod:`tvt.models.export`.
 """
 
-from tvt.models.backbones import BACKBONES, build_named_vit
 from tvt.models.backbone_weights import load_named_backbone
+from tvt.models.backbones import BACKBONES, build_named_vit
 from tvt.models.fusion import FusionViT
 from tvt.models.heads import DINOHead, FusionHead
+from tvt.models.resolve import open_encoder
 from tvt.models.variants import MODEL_VARIANTS, ModelVariant, create_model
 from tvt.models.vit import DinoViT, ViTArch, build_vit
 from tvt.models.weights import (
@@ -23,14 +25,10 @@ from tvt.models.weights import (
     load_student,
     load_teacher,
 )
-from tvt.models.resolve import open_encoder
 from tvt.models.wrappers import Student, StudentOutput, Teacher
 
 __all__ = [
     "BACKBONES",
-    "build_named_vit",
-    "load_named_backbone",
-    "open_encoder",
     "DINOHead",
     "DinoViT",
     "Encoder",
@@ -42,11 +40,14 @@ __all__ = [
     "StudentOutput",
     "Teacher",
     "ViTArch",
+    "build_named_vit",
     "build_vit",
     "create_model",
     "init_student_from_teacher",
     "load_backbone",
     "load_encoder",
+    "load_named_backbone",
     "load_student",
     "load_teacher",
+    "open_encoder",
 ]

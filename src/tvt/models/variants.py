@@ -2,9 +2,10 @@
 
 A variant fixes every size of a TVT student (fusion ViT, DINO head, fusion head); only the number
 of training classes is left to the caller. The registry is explicit and small on purpose: the
-paper's model and the two CPU-sized models that the shipped configs train. Pretrained backbones
-named by timm live elsewhere in :mod:`tvt.models`; a variant here is always an untrained model
-(weights come from training or from a checkpoint, see :func:`tvt.models.weights.load_encoder`).
+paper's model and the two CPU-sized models that the shipped configs train. Pretrained ViT
+backbones named by timm are :data:`tvt.models.backbones.BACKBONES`; a variant here is always an
+untrained model (weights come from training or from a checkpoint, see
+:func:`tvt.models.weights.load_encoder`).
 """
 
 from __future__ import annotations
