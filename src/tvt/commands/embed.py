@@ -14,7 +14,6 @@ depends on it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -76,20 +75,12 @@ def embed_files(encoder, paths: list[Path], modality: str, img_size: int, batch_
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
-def _save_atomic(array, out: Path) -> None:
-    """np.save to a temporary file beside ``out`` and rename (no half-written output)."""
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, out)
-
-
-def run(args: argparse.Namespace) -> int:
     from tvt.distributed import pick_device
     from tvt.errors import InputError
+    from tvt.files import atomic_write
     from tvt.models.weights import load_encoder
 
     if args.batch_size < 1:
@@ -103,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--img-size {img_size} is smaller than the model's {encoder.patch_size}-px patch")
     feats = embed_files(encoder, paths, args.modality, img_size, args.batch_size, args.alpha_background,
                         progress=not args.no_progress)
-    out = Path(args.out)
-    _save_atomic(feats, out)
+    out = atomic_write(args.out, lambda fh: np.save(fh, feats))
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} {encoder.kind} features to {out}")
     return 0

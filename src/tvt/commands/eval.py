@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from tvt.commands._common import add_config_arguments, load_config
 
@@ -34,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tvt.errors import ConfigError
     from tvt.eval import evaluate as ev
     from tvt.eval.report import format_table
+    from tvt.files import write_json
 
     cfg = load_config(args)
     if args.checkpoint:
@@ -58,6 +58,5 @@ def run(args: argparse.Namespace) -> int:
         result = {"tvt": result}
     print(format_table({k: v for k, v in result.items()}, keys))
     if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(result, fh, indent=2, default=float)
+        write_json(args.json_out, result, default=float)
     return 0

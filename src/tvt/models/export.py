@@ -13,39 +13,17 @@ with ``json`` and ``safetensors`` only. Optimizer state, teachers and RNG states
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tvt.errors import InputError
+from tvt.files import atomic_write, sha256_file, write_json, write_text
 from tvt.models.weights import (MODEL_FORMAT, MODEL_WEIGHTS, Encoder, arch_hints, load_encoder, read_checkpoint,
                                 training_info)
 
 PAPER_BACKBONE = "dino_vit"  # config.json "backbone" of the paper's DINO ViT (sizes in "arch")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _tokens(encoder: Encoder) -> list[str]:
@@ -66,7 +44,7 @@ def model_config(encoder: Encoder, ckpt: Mapping[str, Any], source: Path, licenc
         "return_idx": encoder.return_idx, "dim": encoder.dim,
         **training_info(ckpt),
         "licence": licence,
-        "source": {"file": source.name, "sha256": _sha256(source)},
+        "source": {"file": source.name, "sha256": sha256_file(source)},
     }
     if isinstance(ckpt.get("config"), Mapping):
         cfg["training_config"] = ckpt["config"]
@@ -131,7 +109,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, *, return_idx: int
                  metrics: str | Path | None = None) -> Path:
     """Write the model folder of ``checkpoint`` to ``out_dir`` (created; an existing folder must be
     empty or an earlier export). Returns ``out_dir``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     src = Path(checkpoint).expanduser()
     out = Path(out_dir).expanduser()
@@ -145,9 +123,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, *, return_idx: int
     cfg = model_config(encoder, ckpt, src, licence, read_metrics(mpath) if mpath else None)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.model.state_dict().items()}
-    tmp = out / (MODEL_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-    os.replace(tmp, out / MODEL_WEIGHTS)
-    _write_atomic(out / "config.json", json.dumps(cfg, indent=1, default=str).encode("utf-8"))
-    _write_atomic(out / "README.md", model_card(cfg).encode("utf-8"))
+    weights = save(state, metadata={"format": MODEL_FORMAT})
+    atomic_write(out / MODEL_WEIGHTS, lambda fh: fh.write(weights))
+    write_json(out / "config.json", cfg, indent=1, default=str)
+    write_text(out / "README.md", model_card(cfg))
     return out
