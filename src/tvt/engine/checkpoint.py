@@ -22,7 +22,7 @@ import random
 import re
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from tvt.errors import CheckpointError, ConfigError
 from tvt.files import atomic_write
 from tvt.models.convert import read_checkpoint
 
+FORMAT, VERSION = "tvt", 1  # the "format" / "version" entries of every checkpoint written here
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint-prev.pth"
 _NUMBERED = re.compile(r"checkpoint-(\d{4,})\.pth$")
@@ -68,6 +69,21 @@ def _crc(obj: Any, crc: int) -> int:
 def checksum(obj: dict[str, Any]) -> str:
     """The CRC-32 (8 hex digits) of everything in ``obj`` but its own ``checksum`` entry."""
     return f"{_crc({k: v for k, v in obj.items() if k != CHECKSUM}, 0):08x}"
+
+
+def header(stage: str, model: nn.Module, cfg: Any, train_classes: Sequence[str],
+           test_classes: Sequence[str]) -> dict[str, Any]:
+    """The entries every checkpoint of ours starts with (``stage`` "image", "sketch" or "tvt").
+
+    ``arch`` is :func:`tvt.models.weights.arch_hints` of ``model`` (the ViT sizes, plus token count
+    and position resampling for a fusion ViT): what a reader cannot take from the tensors.
+    """
+    from tvt import config as config_mod
+    from tvt.models.weights import arch_hints
+
+    return {"format": FORMAT, "version": VERSION, "stage": stage, "arch": arch_hints(model),
+            "config": config_mod.as_plain(cfg), "train_classes": list(train_classes),
+            "test_classes": list(test_classes), "dataset": cfg.data.dataset, "split": cfg.data.split}
 
 
 def _save(obj: dict[str, Any], path: Path, before_replace: Callable[[], object] | None = None) -> Path:

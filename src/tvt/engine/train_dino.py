@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvt import config as config_mod
 from tvt.config import Config
 from tvt.data.folder import ClassFolder
 from tvt.data.layout import load_split, outliers_for
@@ -210,16 +209,13 @@ class SketchTask:
 
     def state_dict(self, epoch: int, step: int = 0, totals: dict[str, float] | None = None) -> dict[str, Any]:
         cfg = self.cfg
-        return {"format": "tvt", "version": 1, "stage": self.stage, "teacher": self.teacher.state_dict(),
+        return {**ckpt.header(self.stage, self.teacher, cfg, self.train_classes, self.test_classes),
+                "teacher": self.teacher.state_dict(),
                 "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else {}, "dino_loss": self.center.state_dict(),
                 "epoch": epoch, "step": step, "steps_per_epoch": self.n_iter, "epoch_totals": dict(totals or {}),
                 "world_size": self.info.world_size * self.virtual, "student_temp": self.student_temp,
-                "config": config_mod.as_plain(cfg), "train_classes": list(self.train_classes),
-                "holdout_classes": self.held, "test_classes": self.test_classes,
-                "dataset": cfg.data.dataset, "split": cfg.data.split,
-                "arch": {"num_heads": self.teacher.backbone.blocks[0].attn.num_heads},
-                "best": self.best, "rng": ckpt.rng_state()}
+                "holdout_classes": self.held, "best": self.best, "rng": ckpt.rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> Position:
         if state.get("stage") != self.stage or state.get("train_classes") != list(self.train_classes):

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from tvt import config as config_mod
 from tvt.config import Config
 from tvt.data.folder import ClassFolder
 from tvt.data.layout import Split, load_split, outliers_for
@@ -166,15 +165,12 @@ class TVTTask:
         """The checkpoint at ``(epoch, step)``: everything a bit-exact CPU resume needs."""
         cfg = self.cfg
         return {
-            "format": "tvt", "version": 1, "stage": "tvt", "student": self.student.state_dict(),
-            "arch": {"token_num": cfg.model.token_num, "pos_resample": cfg.model.pos_resample,
-                     "num_heads": self.student.backbone.blocks[0].attn.num_heads},
+            **ckpt.header("tvt", self.student, cfg, self.split.train_classes, self.split.test_classes),
+            "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
             "dino_loss": self.dino_center.state_dict(), "ca_loss": self.ca.state_dict(),
             "epoch": epoch, "step": step, "steps_per_epoch": self.n_iter, "epoch_totals": dict(totals or {}),
-            "world_size": self.info.world_size * self.virtual, "config": config_mod.as_plain(cfg),
-            "train_classes": list(self.split.train_classes), "test_classes": list(self.split.test_classes),
-            "dataset": cfg.data.dataset, "split": cfg.data.split,
+            "world_size": self.info.world_size * self.virtual,
             "teachers": {"image": str(cfg.train.image_teacher), "sketch": str(cfg.train.sketch_teacher)},
             "rng": ckpt.rng_state(),
         }
