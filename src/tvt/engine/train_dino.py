@@ -49,9 +49,10 @@ from tvt.eval.extract import extract_features
 from tvt.eval.metrics import retrieval_metrics
 from tvt.losses.dino import DINOCenter
 from tvt.losses.objective import sketch_dino_loss
-from tvt.models.backbones import backbone_norm
+from tvt.models.backbone_weights import load_named_backbone
+from tvt.models.backbones import backbone_norm, build_named_vit
 from tvt.models.heads import DINOHead
-from tvt.models.named import stage_a_teacher
+from tvt.models.named import INIT_HEADS, check_teacher_backbone, new_dino_head
 from tvt.models.vit import build_vit
 from tvt.models.weights import load_teacher
 from tvt.models.wrappers import Teacher
@@ -63,6 +64,45 @@ def split_holdout(train_classes: list[str], fraction: float, seed: int) -> tuple
     rng = random.Random(seed)
     held = sorted(rng.sample(list(train_classes), n)) if n else []
     return [c for c in train_classes if c not in held], held
+
+
+def stage_a_teacher(cfg: Config) -> Teacher | None:
+    """Stage A's starting model when ``model.backbone`` names a backbone; None for the paper's path.
+
+    ``sketch.init_head="new"`` (extension, for backbones released without a DINO head: DINOv2,
+    CLIP, SigLIP): ``sketch.init`` holds only the backbone's weights (any format of
+    :mod:`tvt.models.backbone_weights`, or ``random``) and a fresh DINO head of
+    ``model.out_dim``/``head_hidden_dim``/``head_bottleneck_dim`` is put on top. Stage A on the
+    training photos (``sketch.modality=photo``) then grows that head by DINO self-distillation;
+    with ``sketch.freeze_backbone`` only the head learns, so the image teacher keeps the
+    pretrained backbone. ``"checkpoint"``: ``sketch.init`` is a checkpoint with backbone and head.
+    """
+    sc, m = cfg.sketch, cfg.model
+    if sc.init_head not in INIT_HEADS:
+        raise ConfigError(f"sketch.init_head must be one of {INIT_HEADS}, got {sc.init_head!r}")
+    if not m.backbone:
+        if sc.init_head == "new":
+            raise ConfigError("sketch.init_head=new needs model.backbone (the named backbone whose weights "
+                              "sketch.init holds), e.g. model.backbone=dinov2_vits14")
+        return None
+    if sc.freeze_backbone and sc.selection == "holdout":
+        raise ConfigError("sketch.freeze_backbone=true leaves the backbone (and so the hold-out score) unchanged; "
+                          "use sketch.selection=last")
+    if sc.init_head == "checkpoint":
+        if not sc.init or sc.init == "random":
+            raise ConfigError("with model.backbone and sketch.init_head=checkpoint, sketch.init must be a checkpoint "
+                              "with a DINO head; for backbone weights alone use sketch.init_head=new")
+        teacher = load_teacher(sc.init)
+        check_teacher_backbone(m.backbone, teacher, sc.init)
+        return teacher
+    if not sc.init:
+        raise ConfigError("sketch.init is required: the weights of model.backbone (file or folder), or 'random'")
+    if sc.init == "random":
+        vit = build_named_vit(m.backbone, cfg.data.img_size)
+    else:
+        vit = load_named_backbone(sc.init, m.backbone, cfg.data.img_size)
+    head = new_dino_head(vit.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim, sc.norm_last_layer)
+    return Teacher(vit.train(), head)
 
 
 def build_teacher(cfg: Config) -> Teacher:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +23,7 @@ from tvt.models.convert import check_load, clean_state, infer_head_dims, sub_sta
 from tvt.models.backbones import build_named_vit, pos_prefix_rows
 from tvt.models.fusion import NamedFusionViT
 from tvt.models.heads import DINOHead, FusionHead
-from tvt.models.wrappers import Student, Teacher
+from tvt.models.wrappers import Student
 
 # The fusion ViT's own prefix tokens replace the class token; positions cover the patches only;
 # the pooled feature (CLS or SigLIP's attention pool) is not used.
@@ -153,46 +152,3 @@ def check_teacher_backbone(model_backbone: str, teacher: nn.Module, where: str |
         raise ConfigError(f"{where} holds a {got or 'DINO (paper)'} ViT but model.backbone is "
                           f"{model_backbone or 'unset (the paper DINO ViT)'}; set model.backbone={got} so that "
                           "images are normalised as the backbone expects")
-
-
-def stage_a_teacher(cfg: Any) -> Teacher | None:
-    """Stage A's starting model when ``model.backbone`` names a backbone; None for the paper's path.
-
-    ``sketch.init_head="new"`` (extension, for backbones released without a DINO head: DINOv2,
-    CLIP, SigLIP): ``sketch.init`` holds only the backbone's weights (any format of
-    :mod:`tvt.models.backbone_weights`, or ``random``) and a fresh DINO head of
-    ``model.out_dim``/``head_hidden_dim``/``head_bottleneck_dim`` is put on top. Stage A on the
-    training photos (``sketch.modality=photo``) then grows that head by DINO self-distillation;
-    with ``sketch.freeze_backbone`` only the head learns, so the image teacher keeps the
-    pretrained backbone. ``"checkpoint"``: ``sketch.init`` is a checkpoint with backbone and head.
-    """
-    sc, m = cfg.sketch, cfg.model
-    if sc.init_head not in INIT_HEADS:
-        raise ConfigError(f"sketch.init_head must be one of {INIT_HEADS}, got {sc.init_head!r}")
-    if not m.backbone:
-        if sc.init_head == "new":
-            raise ConfigError("sketch.init_head=new needs model.backbone (the named backbone whose weights "
-                              "sketch.init holds), e.g. model.backbone=dinov2_vits14")
-        return None
-    if sc.freeze_backbone and sc.selection == "holdout":
-        raise ConfigError("sketch.freeze_backbone=true leaves the backbone (and so the hold-out score) unchanged; "
-                          "use sketch.selection=last")
-    if sc.init_head == "checkpoint":
-        if not sc.init or sc.init == "random":
-            raise ConfigError("with model.backbone and sketch.init_head=checkpoint, sketch.init must be a checkpoint "
-                              "with a DINO head; for backbone weights alone use sketch.init_head=new")
-        from tvt.models.weights import load_teacher
-
-        teacher = load_teacher(sc.init)
-        check_teacher_backbone(m.backbone, teacher, sc.init)
-        return teacher
-    if not sc.init:
-        raise ConfigError("sketch.init is required: the weights of model.backbone (file or folder), or 'random'")
-    if sc.init == "random":
-        vit = build_named_vit(m.backbone, cfg.data.img_size)
-    else:
-        from tvt.models.backbone_weights import load_named_backbone
-
-        vit = load_named_backbone(sc.init, m.backbone, cfg.data.img_size)
-    head = new_dino_head(vit.embed_dim, m.out_dim, m.head_hidden_dim, m.head_bottleneck_dim, sc.norm_last_layer)
-    return Teacher(vit.train(), head)
