@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from tvt import config as config_mod
 from tvt.config import Config
 from tvt.errors import ConfigError
 from tvt.data.folder import ClassFolder
@@ -118,11 +117,8 @@ def train_standin(cfg: Config, out_dir: str | Path, *, steps: int = 300, lr: flo
                 log.write({"type": "step", "it": step - 1, "loss": loss.item(), "lr": lr * scale})
     bar.close()
     teacher = Teacher(vit.cpu().eval(), dino_head.cpu().eval())
-    state = {"format": "tvt", "version": 1, "stage": "image", "standin": "supervised", "standin_head": head,
-             "teacher": teacher.state_dict(), "arch": {"num_heads": m.num_heads},
-             "config": config_mod.as_plain(cfg), "train_classes": list(split.train_classes),
-             "test_classes": list(split.test_classes), "dataset": cfg.data.dataset, "split": cfg.data.split}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {**ckpt.header("image", teacher, cfg, split.train_classes, split.test_classes),
+             "standin": "supervised", "standin_head": head, "teacher": teacher.state_dict()}
     ckpt.save_atomic(state, out)
     return out
 
