@@ -18,8 +18,6 @@ numbers, bit for bit (``--threads`` pins the count; the README says why it matte
 from __future__ import annotations
 
 import copy
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from tvt.engine.demo_run import Overall, claim_folder, manifest
 from tvt.errors import ConfigError, DataError
 from tvt.eval import evaluate as ev
 from tvt.eval.report import chance_levels, format_table
+from tvt.files import write_json
 
 METRIC_KEYS = ("mAP@all", "mAP@200", "P@100", "P@200")
 MODELS = ("tvt", "start", "image_teacher")
@@ -195,7 +194,7 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None, *, device: str = 
     results["run"] = {"dataset": dataset_label(cfg, out, opts), "unseen_classes": sets.classes,
                       "sketch_queries": len(sets.sketches), "photos": len(sets.photos),
                       "torch_threads": torch.get_num_threads(), "minutes": round((time.perf_counter() - t0) / 60, 2)}
-    _write_json(results, out / "metrics.json")
+    write_json(out / "metrics.json", results, default=float)
     print_summary(results, out)
     return results
 
@@ -234,9 +233,3 @@ def print_summary(results: dict[str, Any], out: Path) -> None:
     gain = results["tvt"]["mAP@all"] - results["start"]["mAP@all"]
     print(f"\ntvt - start: {gain:+.4f} mAP@all. Wrote {out / 'metrics.json'}, {out / 'retrievals.png'} and "
           f"{out / 'eval'} ({run['minutes']:.1f} min)", file=sys.stderr)
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)

@@ -13,7 +13,6 @@ stage's ``log.jsonl`` (what the loops write anyway).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 from tvt import config as config_mod
 from tvt.config import Config
 from tvt.errors import ConfigError
+from tvt.files import write_json
 
 MANIFEST = "demo.json"
 # Path-valued keys: stored relative to the demo folder, so a moved folder still resumes.
@@ -69,9 +69,7 @@ def claim_folder(out: Path, record: dict[str, Any]) -> bool:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a demo folder (no {MANIFEST}); choose another --out or an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, record)
     return False
 
 
