@@ -207,3 +207,23 @@ def test_labelled_retrieval_grid_and_chance_levels(tmp_path):
 
     exact = np.mean([envelope_ap(pos) for pos in combinations(range(6), 2)])
     assert c["mAP@all"] == pytest.approx(exact, abs=0.02)
+
+
+def test_figures_leave_the_global_matplotlib_backend_alone(tmp_path):
+    """Reports draw on their own Figure objects: the caller's pyplot backend is never switched."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("template")  # a backend the report code would have overridden with Agg
+    try:
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((12, 4)), np.repeat([0, 1, 2], 4)
+        plot_per_class_bar([{"class": "a", "mAP@all": 0.5}, {"class": "b", "mAP@all": 0.25}], tmp_path / "bar.png")
+        pr_curve(x, y, x, y, tmp_path / "pr.png")
+        embedding_plot({"photo": (x, y), "sketch": (x, y)}, ["a", "b", "c"], tmp_path / "map.png", method="pca")
+        assert matplotlib.get_backend() == "template"
+    finally:
+        matplotlib.use(before)
+    for name in ("bar.png", "pr.png", "map.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.width > 100

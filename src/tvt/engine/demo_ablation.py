@@ -22,6 +22,7 @@ from tvt.engine.demo import DemoOptions, demo_config, encoders, score
 from tvt.engine.demo_run import Overall
 from tvt.errors import ConfigError
 from tvt.eval import evaluate as ev
+from tvt.files import write_json, write_text
 
 KD_OFF = ["train.kd_img_weight=0", "train.kd_skt_weight=0"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -94,8 +95,8 @@ def _write(out: Path, table: dict[str, list[dict[str, float]]], metrics: dict[st
     result = {"variants": {n: {"terms": VARIANTS[n][0], "runs": r, **_spread(r)} for n, r in table.items() if r},
               "start": {k: metrics["start"][k] for k in SHOWN}, "chance": {k: metrics["chance"][k] for k in SHOWN},
               "dataset": metrics["run"]["dataset"], "seeds": seeds}
-    (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "ablation.md").write_text(ablation_markdown(result))
+    write_json(out / "ablation.json", result)
+    write_text(out / "ablation.md", ablation_markdown(result))
     ablation_chart(result, out / "ablation.png")
     return result
 
@@ -132,13 +133,11 @@ def ablation_markdown(result: dict[str, Any]) -> str:
 
 def ablation_chart(result: dict[str, Any], path: Path) -> Path:
     """Bars: mean per variant; black ticks: min–max over seeds; dots: each seed; dashed: start, chance."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object-oriented: no pyplot, no global backend switch
 
     names = list(result["variants"])
-    fig, axes = plt.subplots(1, len(SHOWN), figsize=(10.0, 4.2))
+    fig = Figure(figsize=(10.0, 4.2))
+    axes = fig.subplots(1, len(SHOWN))
     for ax, k in zip(axes, SHOWN):
         v = [result["variants"][n][k] for n in names]
         means = np.array([x["mean"] for x in v])
@@ -163,5 +162,4 @@ def ablation_chart(result: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

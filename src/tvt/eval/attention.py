@@ -62,8 +62,8 @@ def _overlay(img: Image.Image, att: np.ndarray, size: int) -> Image.Image:
 
 
 def attention_figure(model: nn.Module, transform, query_path: str | Path, result_paths: Sequence[str | Path],
-                     out_png: str | Path, *, device: torch.device | str = "cpu", modality_query: str = "skt",
-                     thumb: int = 128, query_name: str | None = None, result_names: Sequence[str] | None = None,
+                     out_png: str | Path, *, device: torch.device | str = "cpu", thumb: int = 128,
+                     query_name: str | None = None, result_names: Sequence[str] | None = None,
                      title: str = "") -> Path:
     """Two rows: the images (query first, then results) and their attention overlays.
 
@@ -97,12 +97,11 @@ def attention_figure(model: nn.Module, transform, query_path: str | Path, result
 def _labelled(images: list[Image.Image], maps: np.ndarray, captions: list[str], out_png: Path, thumb: int,
               title: str) -> Path:
     import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object-oriented: no pyplot, no global backend switch
 
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n + 1.2, 4.6), squeeze=False)
+    fig = Figure(figsize=(1.7 * n + 1.2, 4.6))
+    axes = fig.subplots(2, n, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.88, top=0.78, bottom=0.03, hspace=0.35)
     for i, (im, att) in enumerate(zip(images, maps)):
         axes[0, i].imshow(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR))
@@ -113,12 +112,11 @@ def _labelled(images: list[Image.Image], maps: np.ndarray, captions: list[str], 
             ax.set_yticks([])
     axes[0, 0].set_ylabel("image", fontsize=8)
     axes[1, 0].set_ylabel("attention overlay", fontsize=8)
-    sm = plt.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
+    sm = matplotlib.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
     bar = fig.colorbar(sm, cax=fig.add_axes((0.90, 0.05, 0.015, 0.33)))
     bar.set_label("attention (min-max per image)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=8)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png

@@ -25,6 +25,7 @@ from tvt.errors import DataError
 from tvt.eval import report
 from tvt.eval.extract import extract_features, file_identity, fingerprint
 from tvt.eval.metrics import retrieval_metrics
+from tvt.vectors import l2_normalize
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -150,8 +151,7 @@ def write_reports(out_dir: Path, name: str, sets: EvalSets, feats: dict[str, np.
 def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: int, k: int,
           title: str = "") -> tuple[list[int], np.ndarray]:
     """Top-k photos for one query of each of the first ``n_queries`` classes."""
-    q = feats["q"] / np.maximum(np.linalg.norm(feats["q"], axis=1, keepdims=True), 1e-12)
-    g = feats["g"] / np.maximum(np.linalg.norm(feats["g"], axis=1, keepdims=True), 1e-12)
+    q, g = l2_normalize(feats["q"]).numpy(), l2_normalize(feats["g"]).numpy()
     ql, gl = feats["q_labels"], feats["g_labels"]
     picks = []
     for c in np.unique(ql)[:n_queries]:

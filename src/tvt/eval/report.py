@@ -1,14 +1,13 @@
 """Evaluation reports: result files, terminal tables, per-class tables and figures.
 
-Figures use matplotlib with the Agg backend (imported inside the functions, so importing this
-module stays cheap) except :func:`retrieval_grid`, which needs only PIL.
+Figures use matplotlib's object-oriented :class:`~matplotlib.figure.Figure` (imported inside the
+functions, so importing this module stays cheap; no pyplot, so no global backend is switched),
+except :func:`retrieval_grid`, which needs only PIL.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import torch
 
 from tvt.errors import DataError
 from tvt.eval.metrics import check_features, check_labels, iter_relevant_ranks, retrieval_metrics
+from tvt.files import write_json
+from tvt.vectors import l2_normalize
 
 GREEN = (0, 170, 0)
 RED = (210, 0, 0)
@@ -31,13 +32,7 @@ GRID_PAD, GRID_BORDER, GRID_GAP = 4, 3, 12
 
 def write_results(metrics: Mapping[str, Any], path_json: str | Path) -> Path:
     """Write the scalar entries of ``metrics`` (not ``per_query``) as JSON, atomically; return the path."""
-    path = Path(path_json)
-    data = {k: _plain(v) for k, v in metrics.items() if k != "per_query"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path_json, {k: _plain(v) for k, v in metrics.items() if k != "per_query"})
 
 
 def _plain(v: Any) -> Any:
@@ -134,13 +129,11 @@ def write_per_class_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
 # matplotlib figures
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure of its own (not registered with pyplot: nothing global changes)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "mAP@all",
@@ -150,8 +143,8 @@ def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metr
     if not rows or metric not in rows[0]:
         raise DataError(f"no per-class values of {metric!r} to plot")
     ordered = sorted(rows, key=lambda r: -r[metric])
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ordered) + 1.5), 4.0))
+    fig = _figure(figsize=(max(6.0, 0.28 * len(ordered) + 1.5), 4.0))
+    ax = fig.subplots()
     ax.bar(range(len(ordered)), [r[metric] for r in ordered], color="tab:blue")
     ax.set_xticks(range(len(ordered)), [str(r["class"]) for r in ordered], rotation=90, fontsize=7)
     ax.set_xlabel("query class (sketches of that class against all photos)")
@@ -163,14 +156,13 @@ def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metr
     head = f"{title}\n" if title else ""
     ax.set_title(f"{head}{metric} per class (mean {np.mean([r[metric] for r in rows]):.4f} over classes)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
-def _save(fig: Any, path: str | Path, plt: Any) -> Path:
+def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -215,8 +207,8 @@ def pr_curve(
     g_lab = np.asarray(g_labels.cpu() if isinstance(g_labels, torch.Tensor) else g_labels)
     chance = float(np.mean([(g_lab == c).mean() for c in l_sub]))
     if path is not None:
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(5.0, 4.2))
+        fig = _figure(figsize=(5.0, 4.2))
+        ax = fig.subplots()
         ax.plot(levels, precision, marker="o", markersize=3, label=label or "model")
         ax.axhline(chance, color="k", linestyle="--", linewidth=1, label=f"chance (random ranking) {chance:.3f}")
         ax.set(xlabel="recall (share of the query's class found)", ylabel="interpolated precision", xlim=(0, 1),
@@ -226,7 +218,7 @@ def pr_curve(
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        _save(fig, path, plt)
+        _save(fig, path)
     return {"recall": levels, "precision": precision, "chance": chance}
 
 
@@ -256,18 +248,19 @@ def embedding_plot(
         xt = check_features(x, f"{name} features").double().numpy()
         yt = check_labels(y, xt.shape[0], f"{name} labels").numpy()
         keep = np.sort(rng.permutation(len(xt))[:per_mod])
-        xs.append(xt[keep] / np.maximum(np.linalg.norm(xt[keep], axis=1, keepdims=True), 1e-12))
+        xs.append(l2_normalize(xt[keep]).numpy())
         ys.append(yt[keep])
         mods.append(np.full(len(keep), m))
     if any(a.shape[1] != xs[0].shape[1] for a in xs):
         raise DataError("embedding_plot: all modalities must have the same feature dimension")
     x, y, mod = np.concatenate(xs), np.concatenate(ys), np.concatenate(mods)
     xy = _reduce_2d(x, method, seed)
-    plt = _pyplot()
+    import matplotlib
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8.0, 6.0))
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20" if len(class_names) <= 20 else "hsv")
+    fig = _figure(figsize=(8.0, 6.0))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20" if len(class_names) <= 20 else "hsv"]
     colours = cmap(np.arange(len(class_names)) if len(class_names) <= 20 else np.linspace(0, 1, len(class_names),
                                                                                           endpoint=False))
     markers = ["o", "^", "s", "x", "D", "v"]
@@ -290,7 +283,7 @@ def embedding_plot(
     ax.set_title(f"{head}{method.upper()} map of {len(x)} features\nphotos and sketches of one class should share "
                  "a colour cluster", fontsize=9)
     fig.subplots_adjust(left=0.05, right=0.70, top=0.87, bottom=0.07)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def _reduce_2d(x: np.ndarray, method: str, seed: int) -> np.ndarray:
@@ -373,10 +366,9 @@ def _labelled_grid(canvas: Any, ok: np.ndarray, query_names: list[str], result_n
     """The framed grid drawn by matplotlib with captions, a title and a colour legend."""
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
     w, h = canvas.size
     dpi = 100
-    fig = plt.figure(figsize=(w / dpi * 1.25, h / dpi * 1.25 + 0.9), dpi=dpi)
+    fig = _figure(figsize=(w / dpi * 1.25, h / dpi * 1.25 + 0.9), dpi=dpi)
     ax = fig.add_axes((0.0, 0.0, 1.0, h * 1.25 / (h * 1.25 + 90)))
     ax.imshow(np.asarray(canvas), interpolation="nearest")
     ax.set_axis_off()
@@ -396,7 +388,7 @@ def _labelled_grid(canvas: Any, ok: np.ndarray, query_names: list[str], result_n
     fig.legend(handles=legend, loc="upper center", ncol=3, fontsize=6.5, frameon=False, handlelength=1.2,
                columnspacing=1.0,
                bbox_to_anchor=(0.5, 1 - 0.32 / (h * 1.25 / dpi + 0.9)))
-    return _save(fig, out, plt)
+    return _save(fig, out)
 
 
 def _thumbnail(path: str | Path, size: int):
