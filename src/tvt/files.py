@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,6 +71,29 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, fsyn
     if fsync:
         fsync_dir(path.parent)
     return path
+
+
+def atomic_write_all(items: Sequence[tuple[Path, Callable[[IO[bytes]], object]]]) -> None:
+    """Write several files as one commit: every ``(path, write)`` goes to ``<name>.tmp`` (fsynced)
+    first, and the renames start only when all are complete, so a full or read-only disk fails
+    before any target is touched (a crash between two renames is for the reader's checksums)."""
+    tmps: list[Path] = []
+    try:
+        for path, write in items:
+            tmp = Path(path).with_name(Path(path).name + ".tmp")
+            tmps.append(tmp)
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for (path, _), tmp in zip(items, tmps):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+    if items:
+        fsync_dir(Path(items[0][0]).parent)
 
 
 def write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:

@@ -58,7 +58,7 @@ def encoder() -> ProjectionEncoder:
 
 def identity(enc: ProjectionEncoder, sha: str = "0" * 64):
     """The ModelIdentity recorded for the stand-in encoder (``sha`` plays the checkpoint checksum)."""
-    from tvt.search.index import ModelIdentity
+    from tvt.search import ModelIdentity
 
     return ModelIdentity(kind=enc.kind, dim=enc.dim, img_size=enc.img_size, checkpoint="proj.pth", sha256=sha)
 

@@ -84,7 +84,8 @@ def test_contact_sheet_layout(retriever, photo_dir):
 
 
 def test_checkpoint_checks(photo_dir, tmp_path, encoder, helpers, tiny_ckpt):
-    from tvt.search.index import ModelIdentity, sha256_file
+    from tvt.files import sha256_file
+    from tvt.search import ModelIdentity
     from tvt.search.retriever import load_index_encoder
 
     update_index(photo_dir, tmp_path / "idx", encoder, helpers.identity(encoder), progress=False)

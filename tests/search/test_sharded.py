@@ -23,7 +23,7 @@ JOB = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     from tvt.distributed import cleanup, rank_and_world, setup
-    from tvt.search.index import ModelIdentity
+    from tvt.search import ModelIdentity
     from tvt.search.sharded import update_index_sharded
 
     args = json.loads(Path(sys.argv[1]).read_text())

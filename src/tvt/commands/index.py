@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from tvt.errors import InputError
     from tvt.models.resolve import weak_model_warning
     from tvt.distributed import setup
-    from tvt.search.embed import model_identity
+    from tvt.search.identity import model_identity
 
     if args.batch_size < 1 or args.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")

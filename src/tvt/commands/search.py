@@ -77,9 +77,9 @@ def check_sheet_path(name: str) -> Path:
 
 def save_sheet(img: Any, path: Path) -> None:
     from tvt.errors import InputError
-    from tvt.search.index import write_atomic
+    from tvt.files import atomic_write
 
     try:
-        write_atomic(path, lambda fh: img.save(fh, SHEET_FORMATS[path.suffix.lower()]))
+        atomic_write(path, lambda fh: img.save(fh, SHEET_FORMATS[path.suffix.lower()]))
     except OSError as exc:
         raise InputError(f"cannot write the contact sheet {path}: {exc.strerror or exc}") from exc

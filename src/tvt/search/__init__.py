@@ -9,7 +9,8 @@
 """
 
 from tvt.search.backends import BACKEND_NAMES, SearchBackend, make_backend
-from tvt.search.index import IndexReport, ModelIdentity, PhotoIndex, update_index
+from tvt.search.identity import ModelIdentity
+from tvt.search.index import IndexReport, PhotoIndex, update_index
 from tvt.search.retriever import Retriever, SearchResult, contact_sheet
 
 __all__ = [

@@ -37,7 +37,9 @@ from tvt.search.base import (  # noqa: F401  (re-exported: the public names of t
     _stable_order,
     faiss_available,
     recall_at_k,
+    save_faiss_cache,
 )
+from tvt.vectors import l2_normalize
 
 BACKEND_NAMES = ("auto", "exact", "compact-exact", "faiss-flat", "faiss-sq8", "faiss-ivf", "faiss-hnsw")
 FAISS_BACKENDS = ("faiss-flat", "faiss-sq8", "faiss-ivf", "faiss-hnsw")
@@ -159,7 +161,7 @@ def calibration_queries(embeddings: np.ndarray, n: int = 200, noise: float = 0.5
     rng = np.random.default_rng(seed)
     rows = embeddings[rng.choice(len(embeddings), size=min(n, len(embeddings)), replace=False)]
     q = rows + noise * rng.standard_normal(rows.shape).astype(np.float32) / math.sqrt(rows.shape[1])
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return l2_normalize(q.astype(np.float32)).numpy()
 
 
 def calibrate(
@@ -315,21 +317,4 @@ def _save_cached(backend: SearchBackend, cache_dir: str | Path | None, key: str)
     """
     if cache_dir is None or not isinstance(backend, FaissBackend) or backend.name in ("faiss-flat", "faiss-sq8"):
         return
-    import json
-    import os
-
-    faiss = _import_faiss()
-    path = _cache_path(backend.name, cache_dir, key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob(f"{backend.name}-*"):
-            if old.stem != path.stem:
-                old.unlink(missing_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(backend.index, str(tmp))
-        os.replace(tmp, path)
-        tmp_meta = path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(backend.params))
-        os.replace(tmp_meta, path.with_suffix(".json"))
-    except (OSError, RuntimeError):
-        pass
+    save_faiss_cache(backend.index, backend.params, _cache_path(backend.name, cache_dir, key), backend.name)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from tvt.errors import InputError
+from tvt.files import atomic_write, write_json
 
 
 def faiss_available() -> bool:
@@ -29,6 +31,23 @@ def _import_faiss() -> Any:
     import faiss
 
     return faiss
+
+
+def save_faiss_cache(index: Any, params: dict[str, Any], path: Path, kind: str) -> None:
+    """Write a trained FAISS ``index`` to ``path`` and its ``params`` beside it (``.json``), each
+    atomically, and remove older caches of the same ``kind`` in the folder. A cache that cannot be
+    written (read-only index folder) only costs a rebuild next time, so errors are swallowed."""
+    faiss = _import_faiss()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f"{kind}-*"):
+            if old.stem != path.stem:
+                old.unlink(missing_ok=True)
+        data = faiss.serialize_index(index)  # the bytes faiss.write_index would write
+        atomic_write(path, lambda fh: fh.write(data.tobytes()), fsync=False)
+        write_json(path.with_suffix(".json"), params, indent=None, fsync=False)
+    except (OSError, RuntimeError):
+        pass
 
 
 def _as_queries(q: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tvt.search.base import SearchBackend, _import_faiss, _stable_order
+from tvt.search.base import SearchBackend, _import_faiss, _stable_order, save_faiss_cache
 
 NAME = "compact-exact"
 TRAIN_MAX = 65_536  # rows used to train the quantiser: more only slows the build
@@ -255,18 +254,4 @@ def save_cached(backend: CompactExactBackend, cache_dir: str | Path | None, key:
     cannot be written (read-only index folder) only costs a rebuild next time."""
     if cache_dir is None or backend.index is None:
         return
-    faiss = _import_faiss()
-    path = cache_path(cache_dir, key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob(f"{NAME}-*"):
-            if old.stem != path.stem:
-                old.unlink(missing_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(backend.index, str(tmp))
-        os.replace(tmp, path)
-        tmp_meta = path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(backend.params))
-        os.replace(tmp_meta, path.with_suffix(".json"))
-    except (OSError, RuntimeError):
-        pass
+    save_faiss_cache(backend.index, backend.params, cache_path(cache_dir, key), NAME)

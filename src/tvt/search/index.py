@@ -25,52 +25,23 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tvt.errors import CheckpointError, DataError, InputError
+from tvt.files import atomic_write_all, sha256_file
+from tvt.search.embed import embed_files
+from tvt.search.identity import ModelIdentity
 from tvt.search.lock import LOCK_FILE, index_lock  # noqa: F401  (LOCK_FILE: part of the layout)
+from tvt.search.partial import PARTIAL_DIR, ShardWriter, load_partial
 
 INDEX_FORMAT = "tvt-index"
 INDEX_VERSION = 1
 INDEX_FILE, EMB_FILE, FILES_FILE = "index.json", "embeddings.npy", "files.json"
-PARTIAL_DIR, CACHE_DIR = "partial", "cache"
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What produced the embeddings; two indexes are compatible when :meth:`key` agrees."""
-
-    kind: str
-    dim: int
-    img_size: int
-    return_idx: int = 0
-    checkpoint: str | None = None
-    sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    def key(self) -> tuple:
-        return (self.kind, self.dim, self.img_size, self.return_idx, self.sha256)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelIdentity:
-        keys = ("kind", "dim", "img_size", "return_idx", "checkpoint", "sha256", "extra")
-        return cls(**{k: d[k] for k in keys if k in d})
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+CACHE_DIR = "cache"
 
 
 def _sha256_array(arr: np.ndarray) -> str:
@@ -79,20 +50,6 @@ def _sha256_array(arr: np.ndarray) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
-    """Call ``write(fh)`` on ``path.tmp``, fsync, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def display_name(path: str) -> str:
@@ -105,10 +62,6 @@ def display_name(path: str) -> str:
         raw = path.encode("utf-8", "surrogatepass")
     text = raw.decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda fh: json.dump(obj, fh, indent=1), binary=False)
 
 
 def is_inside(path: str | Path, root: str | Path) -> bool:
@@ -264,30 +217,10 @@ def write_index(index_dir: Path, photo_root: Path, model: ModelIdentity, rows: d
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
         **extra,
     }
-    write_all_or_nothing([(index_dir / EMB_FILE, lambda fh: np.save(fh, emb, allow_pickle=False)),
+    atomic_write_all([(index_dir / EMB_FILE, lambda fh: np.save(fh, emb, allow_pickle=False)),
                           (index_dir / FILES_FILE, lambda fh: fh.write(files_bytes)),
                           (index_dir / INDEX_FILE, lambda fh: fh.write(json.dumps(meta, indent=1).encode("utf-8")))])
     return meta
-
-
-def write_all_or_nothing(items: list[tuple[Path, Callable[[Any], None]]]) -> None:
-    """Write every ``(path, write)`` to a temporary file (fsync'd) first and rename them only when
-    all are written: a full or read-only disk fails before any committed file is touched."""
-    tmps: list[Path] = []
-    try:
-        for path, write in items:
-            tmp = path.with_name(path.name + ".tmp")
-            tmps.append(tmp)
-            with open(tmp, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for (path, _), tmp in zip(items, tmps):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def log(msg: str) -> None:
@@ -395,8 +328,6 @@ def make_index_dir(out: Path) -> None:
 def _update_locked(root: Path, out: Path, encoder: Callable[..., Any], model: ModelIdentity,
                    transform: Callable[[Any], Any] | None, batch_size: int, num_workers: int, rebuild: bool,
                    flush_every: int, progress: bool, extra_meta: dict[str, Any] | None) -> IndexReport:
-    from tvt.search.embed import ShardWriter, embed_files
-
     plan = plan_update(root, out, model, rebuild)
     if plan.nothing_to_write:
         return plan.report  # also works on a read-only or full disk
@@ -430,8 +361,6 @@ class UpdatePlan:
 def plan_update(root: Path, out: Path, model: ModelIdentity, rebuild: bool) -> UpdatePlan:
     """Read the previous index and the partial shards, list the photos to embed (folders from
     :func:`index_dirs`, index lock held)."""
-    from tvt.search.embed import load_partial
-
     old = _previous(out, model, root, rebuild)
     # an index kept inside the photo folder must not index itself
     files, skipped = scan_photos(root, exclude=[out] if is_inside(out, root) else [])

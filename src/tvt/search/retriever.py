@@ -222,7 +222,7 @@ def load_index_encoder(index: PhotoIndex, checkpoint: str | Path | None, device:
     """The encoder that built ``index``: its checkpoint, model folder or pretrained backbone's
     weights (or ``checkpoint``, the same at a new location), checked by sha256."""
     from tvt.models.resolve import open_encoder
-    from tvt.search.embed import model_sha256
+    from tvt.search.identity import model_sha256
 
     path = Path(checkpoint).expanduser() if checkpoint is not None else Path(str(index.model.checkpoint))
     if index.model.checkpoint is None and checkpoint is None:

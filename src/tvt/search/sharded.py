@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from tvt.errors import DataError
-from tvt.search.embed import ShardWriter, embed_files, load_partial
+from tvt.search.embed import embed_files
+from tvt.search.identity import ModelIdentity
 from tvt.search.index import (
     IndexReport,
-    ModelIdentity,
     UpdatePlan,
     commit_update,
     index_dirs,
@@ -37,6 +37,7 @@ from tvt.search.index import (
     update_index,
 )
 from tvt.search.lock import index_lock
+from tvt.search.partial import ShardWriter, load_partial
 
 
 def batch_share(items: Sequence[str], batch_size: int, rank: int, world: int) -> list[str]:
