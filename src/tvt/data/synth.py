@@ -347,6 +347,7 @@ def contact_sheet(dataset_dir: str | Path, out_png: str | Path, classes: int | S
     unseen = set(zs.read_text().splitlines()) if zs.is_file() else set()
     tile, label_w, gap = 64, 84, 8
     width = label_w + 2 * per_class * tile + gap
+    # placed by hand, not torchvision make_grid: a label column and a gap between the photo and sketch blocks
     sheet = Image.new("RGB", (width, tile * len(names)), (235, 235, 235))
     d = ImageDraw.Draw(sheet)
     for row, name in enumerate(names):

@@ -346,6 +346,7 @@ def retrieval_grid(
     labelled = query_names is not None and result_names is not None
     cap = 14 if labelled else 0
     k = min(k, min((len(r) for r in ranked_paths), default=0), ok.shape[1])
+    # placed by hand, not torchvision make_grid: every tile has its own frame colour (right / wrong class)
     canvas = Image.new("RGB", grid_size_hint(len(query_paths), k, thumb, cap), (255, 255, 255))
     for i, qpath in enumerate(query_paths):
         _paste_framed(canvas, _thumbnail(qpath, thumb), grid_cell_box(i, 0, thumb, cap), GREY)
@@ -403,7 +404,7 @@ def _thumbnail(path: str | Path, size: int):
     scale = size / max(img.size)
     if scale > 1:  # small images (the demo's 32 px) are enlarged to fill the cell
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-    img.thumbnail((size, size))
+    img.thumbnail((size, size))  # not ImageOps.pad: a small image is not enlarged, and alpha goes over white
     tile = Image.new("RGB", (size, size), (255, 255, 255))
     tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2), img)  # alpha over white
     return tile
