@@ -41,8 +41,8 @@ MODEL_VARIANTS: dict[str, ModelVariant] = {
         out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
     "tvt-demo": ModelVariant(
         ViTArch(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=2, stem="conv"),
-        "`tvt demo` (src/tvt/configs/demo.yaml): 32 px, 128 wide, 4 blocks, convolutional stem",
-        out_dim=4096),
+        "`tvt demo` (src/tvt/configs/demo.yaml): 32 px, 128 wide, 4 blocks, convolutional stem, small heads",
+        out_dim=1024, head_hidden_dim=512),
 }
 
 
