@@ -14,7 +14,6 @@ depends on it.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "compute L2-normalised features of image files with a checkpoint and save them as .npy"
@@ -50,29 +49,30 @@ def _check_files(images: list[str]) -> list[Path]:
     return paths
 
 
-def embed_files(encoder, paths: list[Path], modality: str, img_size: int, batch_size: int,
+def embed_paths(encoder, paths: list[Path], modality: str, img_size: int, batch_size: int,
                 alpha_background: str = "white", progress: bool = True):
-    """Features [N, D] (float32 numpy, L2-normalised) of ``paths`` in order."""
+    """Features [N, D] (float32 numpy, L2-normalised) of ``paths`` in order, through the package's
+    one embedding loop (:func:`tvt.search.embed.embed_files`); DataError naming the first file that
+    cannot be read."""
+    import functools
+
     import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
 
     from tvt.data.images import load_rgb
     from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+    from tvt.errors import DataError
+    from tvt.search.embed import embed_files
 
     # the backbone's own normalisation (CLIP's and SigLIP's are not ImageNet's)
     tf = eval_transform(img_size, mean=getattr(encoder, "mean", IMAGENET_MEAN),
                         std=getattr(encoder, "std", IMAGENET_STD))
-    rows = []
-    with tqdm(total=len(paths), desc="embed", unit="img", file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            x = torch.stack([tf(load_rgb(p, alpha_background)) for p in chunk])
-            f = F.normalize(encoder(x, modality).float(), dim=-1)
-            rows.append(f.cpu().numpy())
-            bar.update(len(chunk))
-    return np.concatenate(rows).astype(np.float32, copy=False)
+    results = embed_files(Path(), [str(p) for p in paths], {}, encoder, tf, batch_size=batch_size, progress=progress,
+                          modality=modality, load=functools.partial(load_rgb, alpha_background=alpha_background))
+    bad = [(rel, reason) for rel, emb, reason in results if emb is None]
+    if bad:
+        raise DataError(f"{bad[0][1]} ({bad[0][0]}); nothing written"
+                        + (f" ({len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""))
+    return np.stack([emb for _, emb, _ in results]).astype(np.float32, copy=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     img_size = args.img_size or encoder.img_size
     if img_size < encoder.patch_size:
         raise InputError(f"--img-size {img_size} is smaller than the model's {encoder.patch_size}-px patch")
-    feats = embed_files(encoder, paths, args.modality, img_size, args.batch_size, args.alpha_background,
+    feats = embed_paths(encoder, paths, args.modality, img_size, args.batch_size, args.alpha_background,
                         progress=not args.no_progress)
     out = atomic_write(args.out, lambda fh: np.save(fh, feats))
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} {encoder.kind} features to {out}")

@@ -7,6 +7,7 @@ so that an interrupted run keeps its work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from tvt.data.images import load_rgb
 from tvt.errors import DataError
 from tvt.vectors import l2_normalize
 
@@ -38,18 +40,16 @@ def embed_batch(encoder: Encoder, x: torch.Tensor, modality: str, autocast: torc
 class _Files(Dataset):
     """``(tensor or None, position, reason)`` for each relative path; never raises on bad files."""
 
-    def __init__(self, root: Path, rels: Sequence[str], transform: Callable[[Any], torch.Tensor]) -> None:
-        self.root, self.rels, self.transform = root, list(rels), transform
+    def __init__(self, root: Path, rels: Sequence[str], transform: Callable[[Any], torch.Tensor],
+                 load: Callable[[Path], Any]) -> None:
+        self.root, self.rels, self.transform, self.load = root, list(rels), transform, load
 
     def __len__(self) -> int:
         return len(self.rels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
-        from tvt.data.images import load_rgb
-
         try:
-            # phone photos store "rotate me" in EXIF: index them upright, as they are shown
-            return self.transform(load_rgb(self.root / self.rels[i], exif_transpose=True)), i, ""
+            return self.transform(self.load(self.root / self.rels[i])), i, ""
         except DataError as exc:
             return None, i, str(exc).replace(str(self.root / self.rels[i]), self.rels[i])
         except (OSError, ValueError, RuntimeError) as exc:  # a transform that chokes on odd content
@@ -77,26 +77,33 @@ def embed_files(
     flush_every: int = 256,
     progress: bool = True,
     autocast: torch.dtype | None = None,
+    modality: str = "img",
+    load: Callable[[Path], Any] | None = None,
 ) -> list[tuple[str, np.ndarray | None, str]]:
-    """Embed the photos ``root/rels`` (modality ``img``): ``[(rel, embedding [D] or None, reason)]``.
+    """Embed the images ``root/rels``: ``[(rel, embedding [D] or None, reason)]`` in order.
 
-    Each result is also handed to ``writer.add`` and ``writer.flush()`` runs every
-    ``flush_every`` photos and when anything (Ctrl-C included) interrupts the loop, so the work
-    done so far survives. ``num_workers`` processes decode images while the encoder runs;
-    ``autocast`` goes to :func:`embed_batch`.
+    The one embedding loop of the package (``tvt index``, ``tvt embed``). ``load(path)`` reads an
+    image (default: RGB on white, EXIF orientation applied, as photos are shown); an unreadable
+    file gives ``None`` and the reason. Each result is also handed to ``writer.add`` (``stats``
+    gives each file's (size, mtime_ns)) and ``writer.flush()`` runs every ``flush_every`` images
+    and when anything (Ctrl-C included) interrupts the loop, so the work done so far survives.
+    ``num_workers`` processes decode images while the encoder runs; ``modality`` and ``autocast``
+    go to :func:`embed_batch`.
     """
     if not rels:
         return []
     on_gpu = torch.device(getattr(encoder, "device", "cpu")).type == "cuda"
-    loader = DataLoader(_Files(root, rels, transform), batch_size=batch_size, shuffle=False,
+    # phone photos store "rotate me" in EXIF: index them upright, as they are shown (a partial pickles)
+    load = load or functools.partial(load_rgb, exif_transpose=True)
+    loader = DataLoader(_Files(root, rels, transform, load), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=on_gpu)
     results: list[tuple[str, np.ndarray | None, str]] = []
     since_flush = 0
     try:
-        with tqdm(total=len(rels), desc="embedding photos", unit="img", file=sys.stderr,
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=len(rels), desc="embedding photos" if modality == "img" else "embedding", unit="img",
+                  file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
             for x, ok, bad in loader:
-                emb = embed_batch(encoder, x, "img", autocast) if x is not None else np.zeros((0, 0), np.float32)
+                emb = embed_batch(encoder, x, modality, autocast) if x is not None else np.zeros((0, 0), np.float32)
                 for row, i in enumerate(ok):
                     results.append((rels[i], emb[row], ""))
                 results += [(rels[i], None, reason) for i, reason in bad]
