@@ -28,6 +28,14 @@ TOKEN_NAMES: dict[int, tuple[str, ...]] = {
 }
 
 
+
+def add_special_tokens(module: nn.Module, token_num: int, dim: int) -> None:
+    """Register the [1, 1, dim] special-token parameters of ``token_num`` on ``module`` (trunc-normal 0.02)."""
+    for name in TOKEN_NAMES[token_num]:
+        token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(token, std=0.02)
+        setattr(module, name, token)
+
 class FusionViT(VisionTransformer):
     """Fusion ViT: ``forward(x [N, 3, H, W]) -> tuple of token_num tensors [N, D]``.
 
@@ -69,10 +77,7 @@ class FusionViT(VisionTransformer):
         num_patches = arch.grid * arch.grid
         self.pos_embed = nn.Parameter(torch.zeros(1, token_num + num_patches, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name in TOKEN_NAMES[token_num]:
-            token = nn.Parameter(torch.zeros(1, 1, dim))
-            nn.init.trunc_normal_(token, std=0.02)
-            setattr(self, name, token)
+        add_special_tokens(self, token_num, dim)
 
     @property
     def token_names(self) -> tuple[str, ...]:
@@ -135,10 +140,7 @@ class NamedFusionViT(nn.Module):
         self.token_num = token_num
         self.pos_resample = "timm"
         dim = vit.embed_dim
-        for name in TOKEN_NAMES[token_num]:
-            token = nn.Parameter(torch.zeros(1, 1, dim))
-            nn.init.trunc_normal_(token, std=0.02)
-            setattr(self, name, token)
+        add_special_tokens(self, token_num, dim)
 
     @property
     def token_names(self) -> tuple[str, ...]:
