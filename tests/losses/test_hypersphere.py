@@ -161,3 +161,29 @@ def test_bad_inputs_raise():
         ca(torch.randn(2, 3), torch.tensor([0, 1]), "img")  # wrong dim
     with pytest.raises(ValueError):
         ca(torch.randn(2, 4), torch.tensor([0, 1]), "photo")
+
+
+def test_uniformity_gradient_matches_pdist_reference():
+    f0 = F.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(1)), dim=1).double()
+    f = f0.clone().requires_grad_(True)
+    uniformity(f).backward()
+    ref = f0.clone().requires_grad_(True)
+    torch.pdist(ref).pow(2).mul(-2).exp().mean().log().backward()
+    assert torch.allclose(f.grad.double(), ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_uniformity_gradient_is_bit_identical_at_two_threads():
+    # The demo's batch (192 rows x 256 dims) is large enough for a gather's CPU backward to add
+    # with parallel atomics; the loss must give the same gradient bits on every call.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        f0 = F.normalize(torch.randn(192, 256, generator=torch.Generator().manual_seed(2)), dim=1)
+        grads = set()
+        for _ in range(6):
+            f = f0.clone().requires_grad_(True)
+            uniformity(f).backward()
+            grads.add(f.grad.numpy().tobytes())
+        assert len(grads) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -19,16 +19,21 @@ MODALITIES: tuple[str, ...] = ("img", "skt")
 def uniformity(f: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """``log(mean_{i<j} exp(-t ||f_i - f_j||^2))`` over the rows of ``f`` [N, D], N >= 2.
 
-    Squared distances are formed directly (not via ``pdist``), which equals ``pdist(f) ** 2``
-    and stays differentiable when two rows coincide. Never gathered across ranks (spec §4.4).
+    Equals ``pdist(f) ** 2`` in the official form, but squared distances come from the Gram
+    matrix (``|f_i|^2 + |f_j|^2 - 2 f_i.f_j``) and the pairs i<j from a mask: no square root (so
+    the gradient stays finite when two rows coincide) and no ``f[i] - f[j]`` gather, whose CPU
+    backward (``index_put_`` with accumulate) adds with parallel atomics once the batch is a few
+    dozen rows, so two runs at >1 thread got different gradients in the last bits (the demo's
+    run-to-run drift). Never gathered across ranks (spec §4.4).
     """
     n = f.shape[0]
     if f.dim() != 2 or n < 2:
         raise ValueError(f"uniformity needs f of shape [N >= 2, D]; got {tuple(f.shape)}")
-    i, j = torch.triu_indices(n, n, offset=1, device=f.device)
     f = f.float()
-    sq = (f[i] - f[j]).pow(2).sum(dim=-1)
-    return sq.mul(-t).exp().mean().log()
+    norms = f.pow(2).sum(dim=1)
+    sq = (norms[:, None] + norms[None, :] - 2.0 * (f @ f.T)).clamp_min(0.0)
+    upper = torch.ones(n, n, dtype=torch.bool, device=f.device).triu(1)
+    return sq.mul(-t).exp().masked_fill(~upper, 0.0).sum().div(n * (n - 1) / 2).log()
 
 
 def instance_alignment(fs: Sequence[torch.Tensor]) -> torch.Tensor:
