@@ -8,7 +8,13 @@ import pytest
 pytest.importorskip("faiss")
 
 from tvt.search.backends import calibration_queries, choose_backend, make_backend  # noqa: E402
-from tvt.search.compact import CompactExactBackend, calibrate_shortlist, coarse_spec  # noqa: E402
+from tvt.search.compact import (  # noqa: E402
+    CompactExactBackend,
+    build_calibrated,
+    calibrate_shortlist,
+    coarse_spec,
+    layout_specs,
+)
 
 GRID = 2.0 ** -20  # coordinates on this grid make every float64 dot product exact, so ties are exact
 
@@ -56,7 +62,7 @@ def _assert_exact(backend, db: np.ndarray, q: np.ndarray, k: int) -> None:
 def test_compact_top_k_equals_exact_with_ties():
     db = _with_duplicates(_clustered(3000), copies=300)
     backend = make_backend("compact-exact", db, k_calibrate=20)
-    assert backend.params["coarse"] == coarse_spec(32) == "PQ16x4fs"
+    assert backend.params["coarse"] in layout_specs(32) == ["PQ8x4fs", "PQ16x4fs"]
     assert backend.params["recall@20"] >= 0.999
     assert 20 <= backend.shortlist_for(20) < len(db) // 2  # a real shortlist, not a full re-scoring
     q = _queries(db, seed=7)
@@ -65,6 +71,29 @@ def test_compact_top_k_equals_exact_with_ties():
     _assert_exact(backend, db, q[:3], 60)  # larger k: a proportionally longer shortlist
     s, i = backend.search(q[0], len(db) + 5)  # k beyond the collection: everything, ranked
     assert i.shape == (1, len(db)) and sorted(i[0].tolist()) == list(range(len(db)))
+
+
+def test_layout_choice_is_the_cheapest_calibrated_one():
+    """build_calibrated keeps the layout with the least work per query, each calibrated alone."""
+    assert (coarse_spec(384, 4), coarse_spec(384), coarse_spec(30, 4), coarse_spec(7, 4)) == (
+        "PQ96x4fs", "PQ192x4fs", "PQ10x4fs", "PQ7x4fs")
+    db = _with_duplicates(_clustered(3000, seed=21), copies=200)
+    q_cal = calibration_queries(db, n=100)
+    ref = _reference(db, q_cal, 20)[1]
+    chosen, recall = build_calibrated(db, q_cal, ref, k=20)
+    costs = {}
+    for spec in layout_specs(32):
+        b = CompactExactBackend(db, spec=spec)
+        calibrate_shortlist(b, q_cal, ref, k=20)
+        costs[spec] = b.query_cost(20)
+        assert costs[spec] == b.size * b.index.code_size + 6.0 * b.shortlist_for(20) * 32 * 4
+    assert recall >= 0.999 and chosen.query_cost(20) == min(costs.values())
+    assert chosen.params["coarse"] == min(costs, key=costs.get)
+    _assert_exact(chosen, db, _queries(db, seed=22), 20)
+    for spec in layout_specs(32):  # whichever layout is chosen, each one alone is exact too
+        b = CompactExactBackend(db, spec=spec)
+        calibrate_shortlist(b, q_cal, ref, k=20)
+        _assert_exact(b, db, _queries(db, seed=23), 20)
 
 
 def test_tie_group_longer_than_the_shortlist():

@@ -118,8 +118,13 @@ def hnsw_m(n: int) -> int:
     return 16 if n < 50_000 else 32
 
 
-def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0) -> FaissBackend:
-    """Build the FAISS index ``name`` over ``embeddings`` [N, D] (float32, L2-normalised)."""
+def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0, hnsw_degree: int | None = None,
+                ef_construction: int = 80) -> FaissBackend:
+    """Build the FAISS index ``name`` over ``embeddings`` [N, D] (float32, L2-normalised).
+
+    ``hnsw_degree`` (M; default :func:`hnsw_m` of N) and ``ef_construction`` set the HNSW graph's
+    degree and build-time beam: lower values build faster and cap the recall the graph can reach.
+    """
     faiss = _import_faiss()
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, d = emb.shape
@@ -141,11 +146,11 @@ def build_faiss(name: str, embeddings: np.ndarray, *, seed: int = 0) -> FaissBac
         index.train(emb)
         params = {}
     elif name == "faiss-hnsw":
-        m = hnsw_m(n)
+        m = hnsw_degree or hnsw_m(n)
         index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
+        index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = 64
-        params = {"M": m, "efConstruction": 80, "efSearch": 64}
+        params = {"M": m, "efConstruction": ef_construction, "efSearch": 64}
     else:
         raise InputError(f"unknown FAISS backend {name!r}; choose one of {', '.join(FAISS_BACKENDS)}")
     index.add(emb)
@@ -264,12 +269,15 @@ def _make_compact(embeddings: np.ndarray, cache_dir: str | Path | None, cache_ke
         return backend
     if log:
         log(f"building {compact.NAME} codes over {len(embeddings)} vectors")
-    backend = compact.reuse_trained(embeddings, cache_dir) or compact.CompactExactBackend(embeddings)
     queries = calibration_queries(embeddings)
     _, exact_ids = _exact_top(embeddings, queries, k_calibrate)
-    recall = compact.calibrate_shortlist(backend, queries, exact_ids, k_calibrate, target)
+    backend = compact.reuse_trained(embeddings, cache_dir)
+    if backend is not None:
+        recall = compact.calibrate_shortlist(backend, queries, exact_ids, k_calibrate, target)
+    else:
+        backend, recall = compact.build_calibrated(embeddings, queries, exact_ids, k_calibrate, target)
     if log:
-        log(f"{compact.NAME}: shortlist {backend.params['shortlist']} of {len(embeddings)} "
+        log(f"{compact.NAME}: {backend.params['coarse']} codes, shortlist {backend.params['shortlist']} of {len(embeddings)} "
             f"(calibration recall@{min(k_calibrate, len(embeddings))} {recall:.4f} before a {compact.DEFAULT_MARGIN}x margin)")
     compact.save_cached(backend, cache_dir, cache_key)
     return backend

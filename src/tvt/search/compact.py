@@ -1,19 +1,26 @@
 """Compact exact search: a fast scan of compact codes, then exact re-ranking of a shortlist.
 
 The index keeps only compact codes in memory: FAISS 4-bit product quantisation with SIMD
-"fast scan" (``PQ{D/2}x4fs``: 4 bits per pair of dimensions, 96 bytes for a 384-d vector, 96 MB
-per million photos). A query scans every code (no clustering, so no part of the collection is ever
-skipped), keeps the ``shortlist`` best approximate scores, and re-scores those rows exactly from
-the float32 embeddings, which may stay on disk (``np.memmap``): only the shortlisted rows are read.
-The returned top-k is ordered by exact score, ties by ascending id, like ``ExactBackend``.
+"fast scan", ``PQ{D/4}x4fs`` (4 dims per sub-quantiser: 48 bytes for a 384-d vector, 48 MB per
+million photos) or ``PQ{D/2}x4fs`` (2 dims: 96 bytes). A query scans every code (no clustering,
+so no part of the collection is ever skipped), keeps the ``shortlist`` best approximate scores,
+and re-scores those rows exactly from the float32 embeddings, which may stay on disk
+(``np.memmap``): only the shortlisted rows are read. The returned top-k is ordered by exact
+score, ties by ascending id, like ``ExactBackend``.
 
 The shortlist size is calibrated on the index itself (:func:`calibrate_shortlist`): probe
 queries drawn from the collection are searched exactly, and the shortlist is the smallest that
-holds the exact top-k of all of them (``target`` 1.0), times a safety margin. Why PQ fast scan and
-not an 8-bit scalar quantiser: on 2 cores a FAISS SQ8 scan of 1M x 384 takes ~140 ms per query
-(it decodes every code to floats), a PQ fast scan ~5-10 ms (benchmarks/search.py). Coarser
-codes (4 dims per sub-quantiser) scan faster but need shortlists 10x longer for the hardest
-queries of a 100k collection, which costs more in re-ranking than it saves.
+holds the exact top-k of all of them (``target`` 1.0), times a safety margin. The layout is
+chosen the same way (:func:`build_calibrated`): each is calibrated and the one with the least
+work per query (codes scanned + rows re-ranked) is kept. Measured at 1M x 384-d on 2 cores
+(README search section): the PQ96x4fs scan takes ~3 ms per query against ~11 ms for PQ192x4fs,
+with a shortlist only ~1.3x longer, so large collections get the coarse codes; at 20k rows the
+coarse codes need a shortlist of 14k rows against 3k, so small collections get the fine ones.
+An 8-bit scalar quantiser (SQ8) decodes every code to floats and scans at ~140 ms.
+
+The re-ranking computes float64 scores with ``np.einsum`` rather than a BLAS matrix-vector
+product: a threaded OpenBLAS ``gemv`` over a ~1,500-row shortlist took ~8 ms on 2 shared cores
+(against 0.3 ms), and its spinning threads doubled the time of the concurrent FAISS scan.
 
 Incremental updates (:meth:`CompactExactBackend.add`) encode the new rows with the trained
 quantiser; the shortlist grows in proportion to the collection, since the number of rows that
@@ -40,12 +47,25 @@ ADD_BLOCK = 131_072  # rows encoded at a time, so a memory-mapped collection is 
 DEFAULT_MARGIN = 1.5
 
 
-def coarse_spec(dim: int) -> str:
-    """The FAISS factory string of the compact codes: 4-bit PQ fast scan, 2 dims per sub-quantiser."""
-    for per_sub in (2, 1):
-        if dim % per_sub == 0:
-            return f"PQ{dim // per_sub}x4fs"
+LAYOUTS = (4, 2)  # dims per 4-bit sub-quantiser tried by build_calibrated, cheapest scan first
+# One float32 byte gathered for re-ranking costs about as much as ROW_COST code bytes scanned
+# (1M x 384 on 2 cores: 48 MB of PQ96x4fs codes scanned in ~3 ms, 1,600 shortlisted rows
+# = 2.5 MB gathered and re-scored in ~1 ms). Only used to choose between code layouts.
+ROW_COST = 6.0
+
+
+def coarse_spec(dim: int, per_sub: int = 2) -> str:
+    """The FAISS factory string of 4-bit PQ fast-scan codes with ``per_sub`` dims per
+    sub-quantiser (fewer when ``dim`` is not a multiple of it)."""
+    for p in range(per_sub, 0, -1):
+        if dim % p == 0:
+            return f"PQ{dim // p}x4fs"
     raise AssertionError("unreachable: every dim is divisible by 1")
+
+
+def layout_specs(dim: int) -> list[str]:
+    """The code layouts :func:`build_calibrated` chooses from, coarsest first."""
+    return list(dict.fromkeys(coarse_spec(dim, p) for p in LAYOUTS))
 
 
 class CompactExactBackend(SearchBackend):
@@ -58,7 +78,7 @@ class CompactExactBackend(SearchBackend):
     def __init__(self, embeddings: np.ndarray, *, spec: str | None = None, index: Any = None,
                  params: dict[str, Any] | None = None, seed: int = 0) -> None:
         n, d = embeddings.shape
-        spec = spec or coarse_spec(d)
+        spec = spec or coarse_spec(d)  # the finer layout, unless build_calibrated chose
         super().__init__(name=NAME, size=0, dim=d, params={"coarse": spec, **(params or {})})
         self._parts: list[np.ndarray] = []
         self._offsets: list[int] = []
@@ -89,20 +109,23 @@ class CompactExactBackend(SearchBackend):
             self.size += len(embeddings)
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
-        """float32 rows [len(ids), D] of the given ids (any order), read part by part."""
+        """float32 rows [len(ids), D] of ascending ``ids``, read part by part in that order
+        (sequential reads are kinder to a memory map)."""
         if len(self._parts) == 1:
-            order = np.argsort(ids, kind="stable")  # ascending reads: kinder to a memory map
-            out = np.empty((len(ids), self.dim), np.float32)
-            out[order] = self._parts[0][ids[order]]
-            return out
+            return np.asarray(self._parts[0][ids], dtype=np.float32)  # one gather, no second copy
         out = np.empty((len(ids), self.dim), np.float32)
         for part, off in zip(self._parts, self._offsets):
-            sel = np.nonzero((ids >= off) & (ids < off + len(part)))[0]
-            if len(sel):
-                local = ids[sel] - off
-                order = np.argsort(local, kind="stable")  # ascending reads: kinder to a memory map
-                out[sel[order]] = part[local[order]]
+            lo, hi = np.searchsorted(ids, (off, off + len(part)))
+            if hi > lo:
+                out[lo:hi] = part[ids[lo:hi] - off]
         return out
+
+    def query_cost(self, k: int) -> float:
+        """Work of one top-``k`` query in scanned-byte units: every code, plus the shortlisted
+        float32 rows weighted by :data:`ROW_COST`. Compares code layouts; it is not a time."""
+        rows = self.shortlist_for(k) if self.index is not None else self.size
+        codes = self.size * int(self.index.code_size) if self.index is not None else 0
+        return float(codes + ROW_COST * rows * self.dim * 4)
 
     def memory_bytes(self) -> int:
         """Bytes of the in-memory compact index (codes + codebooks); the float32 rows are not counted."""
@@ -135,8 +158,9 @@ class CompactExactBackend(SearchBackend):
                     length: int) -> tuple[np.ndarray, np.ndarray]:
         while True:
             keep = cand >= 0
-            ids, approx_kept = cand[keep], approx[keep]
-            exact = self._rows(ids).astype(np.float64) @ q.astype(np.float64)
+            by_id = np.argsort(cand[keep], kind="stable")  # ascending reads from the memory map
+            ids, approx_kept = cand[keep][by_id], approx[keep][by_id]
+            exact = _exact_scores(self._rows(ids), q[None])[0]
             order = np.lexsort((ids, -exact))[:k]
             # A tie group of codes may straddle the boundary: some members in, some out. Only a
             # result at the boundary score can be affected, so only then search again, longer.
@@ -151,17 +175,23 @@ class CompactExactBackend(SearchBackend):
 
     def _rescore_all(self, q: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
         """Exact float64 scores of every row, top-k per query (small collections, tie fallback)."""
-        q64 = q.astype(np.float64)
         best_s = np.full((len(q), 0), -np.inf)
         best_i = np.zeros((len(q), 0), np.int64)
         for start in range(0, self.size, block):
             ids = np.arange(start, min(self.size, start + block))
-            s = q64 @ self._rows(ids).astype(np.float64).T
+            s = _exact_scores(self._rows(ids), q)
             best_s = np.concatenate([best_s, s], axis=1)
             best_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
             best_s, best_i = _stable_order(best_s, best_i)
             best_s, best_i = best_s[:, :k], best_i[:, :k]
         return best_s.astype(np.float32), best_i
+
+
+def _exact_scores(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float64 scores [Q, N] of float32 ``q`` [Q, D] against ``rows`` [N, D]. Each float32 product
+    is exact in float64, so equal rows score equally and ties are real ties. ``np.einsum``, not a
+    BLAS product: see the module docstring (threaded OpenBLAS gemv stalls a single query)."""
+    return np.einsum("qd,nd->qn", q, rows, dtype=np.float64)
 
 
 def _train(embeddings: np.ndarray, spec: str, seed: int) -> Any:
@@ -203,6 +233,34 @@ def calibrate_shortlist(backend: CompactExactBackend, queries: np.ndarray, exact
     return reached
 
 
+def build_calibrated(embeddings: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, k: int = 100,
+                     target: float = 1.0) -> tuple[CompactExactBackend, float]:
+    """The calibrated backend of the cheapest code layout (:data:`LAYOUTS`) for this collection.
+
+    Coarser codes scan faster but need a longer shortlist where the exact top-k is not well
+    separated from the rest (small or diffuse collections; measured: PQ96x4fs needs 14k of 20k
+    rows where PQ192x4fs needs 3k, and 1.6k against 1.2k at 1M clustered rows). Each layout is
+    calibrated and costed by :meth:`CompactExactBackend.query_cost`; a finer layout is skipped
+    when scanning its codes alone costs more than the best so far. Returns (backend, recall).
+    """
+    best: tuple[CompactExactBackend, float] | None = None
+    specs = layout_specs(embeddings.shape[1])
+    for spec in specs if len(embeddings) >= MIN_CODED else specs[:1]:  # too small for codes: one backend
+        if best is not None and len(embeddings) * _code_bytes(spec) >= best[0].query_cost(k):
+            break
+        backend = CompactExactBackend(embeddings, spec=spec)
+        recall = calibrate_shortlist(backend, queries, exact_ids, k, target)
+        if best is None or backend.query_cost(k) < best[0].query_cost(k):
+            best = (backend, recall)
+    assert best is not None  # layout_specs is never empty
+    return best
+
+
+def _code_bytes(spec: str) -> int:
+    """Bytes per vector of a ``PQ{M}x4fs`` layout (4 bits per sub-quantiser)."""
+    return (4 * int(spec[2:].split("x", 1)[0]) + 7) // 8
+
+
 # ------------------------------------------------------------------- cache
 
 
@@ -222,12 +280,14 @@ def load_cached(embeddings: np.ndarray, cache_dir: str | Path | None, key: str) 
         return None  # missing or damaged: rebuilt, never trusted
     if int(index.ntotal) != len(embeddings) or int(index.d) != embeddings.shape[1]:
         return None
+    if params.get("coarse") not in layout_specs(embeddings.shape[1]):
+        return None  # codes of a layout no longer chosen from: rebuilt once
     return CompactExactBackend(embeddings, spec=params.get("coarse"), index=index, params=params)
 
 
 def reuse_trained(embeddings: np.ndarray, cache_dir: str | Path | None) -> CompactExactBackend | None:
-    """After an index update: the quantiser trained for an older version of the index, emptied and
-    refilled with the new rows (training is the slow part of a build), else None."""
+    """After an index update: the quantiser trained for an older version of the index (in the
+    layout chosen then), emptied and refilled with the new rows, else None."""
     if cache_dir is None or len(embeddings) < MIN_CODED:
         return None
     for old in sorted(Path(cache_dir).glob(f"{NAME}-*.faiss")):
@@ -236,7 +296,7 @@ def reuse_trained(embeddings: np.ndarray, cache_dir: str | Path | None) -> Compa
             index = _import_faiss().read_index(str(old))
         except (OSError, RuntimeError, ValueError):
             continue
-        if int(index.d) == embeddings.shape[1] and params.get("coarse") == coarse_spec(embeddings.shape[1]):
+        if int(index.d) == embeddings.shape[1] and params.get("coarse") in layout_specs(embeddings.shape[1]):
             index.reset()  # keeps the trained codebooks, drops the codes
             return CompactExactBackend(embeddings, spec=params["coarse"], index=_refill(index, embeddings),
                                        params={"coarse": params["coarse"], "reused_quantiser": True})
