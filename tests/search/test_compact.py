@@ -9,6 +9,7 @@ pytest.importorskip("faiss")
 
 from tvt.search.backends import calibration_queries, choose_backend, make_backend  # noqa: E402
 from tvt.search.compact import (  # noqa: E402
+    LAYOUTS,
     CompactExactBackend,
     build_calibrated,
     calibrate_shortlist,
@@ -96,13 +97,14 @@ def test_layout_choice_is_the_cheapest_calibrated_one():
         _assert_exact(b, db, _queries(db, seed=23), 20)
 
 
-def test_tie_group_longer_than_the_shortlist():
+@pytest.mark.parametrize("per_sub", LAYOUTS)
+def test_tie_group_longer_than_the_shortlist(per_sub):
     """600 copies of one row: the top-20 are its 20 lowest ids, whichever copies the scan kept."""
     rng = np.random.default_rng(3)
     base = _clustered(2400, seed=4)
     lone = _clustered(1, seed=99)  # a photo unlike the others, stored 600 times
     db = np.concatenate([base, np.repeat(lone, 600, axis=0)])[rng.permutation(3000)]
-    backend = CompactExactBackend(db)
+    backend = CompactExactBackend(db, spec=coarse_spec(32, per_sub))
     q_cal = calibration_queries(base, n=100)  # calibrated where the copies are not
     calibrate_shortlist(backend, q_cal, _reference(db, q_cal, 20)[1], k=20)
     assert backend.shortlist_for(20) < 600
@@ -127,10 +129,11 @@ class _HighIdsFirst:
         return np.take_along_axis(a, order, 1), np.take_along_axis(c, order, 1)
 
 
-def test_incremental_add_stays_exact():
+@pytest.mark.parametrize("per_sub", LAYOUTS)
+def test_incremental_add_stays_exact(per_sub):
     full = _with_duplicates(_clustered(4000, seed=5), copies=400, seed=6)
     old, new = full[:3000], full[3000:]
-    backend = CompactExactBackend(old)
+    backend = CompactExactBackend(old, spec=coarse_spec(32, per_sub))
     q_cal = calibration_queries(old, n=100)
     calibrate_shortlist(backend, q_cal, _reference(old, q_cal, 20)[1], k=20)
     before = backend.shortlist_for(20)
