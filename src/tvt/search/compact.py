@@ -49,8 +49,9 @@ DEFAULT_MARGIN = 1.5
 
 LAYOUTS = (4, 2)  # dims per 4-bit sub-quantiser tried by build_calibrated, cheapest scan first
 # One float32 byte gathered for re-ranking costs about as much as ROW_COST code bytes scanned
-# (1M x 384 on 2 cores: 48 MB of PQ96x4fs codes scanned in ~3 ms, 1,600 shortlisted rows
-# = 2.5 MB gathered and re-scored in ~1 ms). Only used to choose between code layouts.
+# (1M x 384 on 2 shared cores: 48 MB of PQ96x4fs codes scanned in ~3 ms, 1,600 shortlisted rows
+# = 2.5 MB gathered and re-scored in 1-2 ms, a ratio of 6-13; the choices measured at 1M and
+# 20k rows are the same anywhere in that range). Only used to choose between code layouts.
 ROW_COST = 6.0
 
 
