@@ -38,7 +38,7 @@ from tvt.files import write_json
 METRIC_KEYS = ("mAP@all", "mAP@200", "P@100", "P@200")
 MODELS = ("tvt", "start", "image_teacher")
 # Share of the demo's time per stage on 2 CPU cores (for the overall ETA; it corrects itself).
-WEIGHTS = {"data": 0.03, "standin": 0.17, "stage_a": 0.12, "stage_b": 0.60, "eval": 0.08}
+WEIGHTS = {"data": 0.02, "standin": 0.09, "stage_a": 0.07, "stage_b": 0.77, "eval": 0.05}
 
 
 @dataclass
