@@ -51,6 +51,7 @@ from tvt.data.synth import render_photo
 from tvt.data.synth_shapes import CLASS_NAMES
 from tvt.data.transforms import augment_pipeline, eval_transform
 from tvt.engine import checkpoint as ckpt
+from tvt.engine.common import seed_everything
 from tvt.engine.demo import _stage_a, encoders, score
 from tvt.engine.demo_run import _PATH_KEYS, MANIFEST
 from tvt.engine.standin import class_scores, train_standin
@@ -132,7 +133,7 @@ def signal(teacher: Teacher, x: torch.Tensor, batch: int = 256) -> dict[str, flo
 
 
 def signal_rows(name: str, teacher: Teacher, images: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    return {f"{name}, training-class {mod}s": signal(teacher, x) for mod, x in images.items()}
+    return {f"{name}, training-class {kind}": signal(teacher, x) for kind, x in images.items()}
 
 
 # ----------------------------------------------------------------------------- 2. head fitted with labels
@@ -182,7 +183,7 @@ def fitted_teacher(cfg: Config, base: Path, out: Path, opts: FitOptions) -> tupl
     """Fit ``base``'s head (reusing ``out`` when it exists); (checkpoint, final fit loss or None if reused)."""
     if out.is_file():
         return out, None
-    torch.manual_seed(opts.seed)  # the augmentations draw from torch's global generator
+    seed_everything(opts.seed)  # the augmentations draw from torch's and Python's global generators
     train_classes = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split).train_classes
     teacher = load_teacher(base)
     feats, labels = augmented_features(teacher, cfg, train_classes, opts.views)
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = demo_cfg(demo, a.overrides)
     image_vit, sketch_vit = demo_checkpoint(demo, "image_vit"), demo_checkpoint(demo, "sketch_vit")
     train_classes = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split).train_classes
-    images = {mod: image_tensor(cfg, mod, train_classes) for mod in ("photo", "sketch")}
+    images = {"photos": image_tensor(cfg, "photo", train_classes), "sketches": image_tensor(cfg, "sketch", train_classes)}
     rows = {**signal_rows("image teacher (shipped head)", load_teacher(image_vit), images),
             **signal_rows("sketch teacher (stage A)", load_teacher(sketch_vit), images)}
     base, derived = image_vit, None
