@@ -22,7 +22,7 @@ written) this prints markdown tables of:
    the shipped image teacher as the base of 2 and 3.
 
 Outputs go to ``--out`` (default ``DIR/teachers_diag``); every stage reuses what an earlier run left
-there. Steps 1-2 take about a minute on one core; each stage-B run takes as long as the demo's.
+there. Steps 1-2 take about 20 s on one core; each stage-B run takes as long as the demo's.
 
     python benchmarks/demo_teachers.py --demo DIR
     python benchmarks/demo_teachers.py --demo DIR --fit-head --pool --stage-b-epochs 40 --set train.seed=1
