@@ -1,6 +1,8 @@
-"""Model builders shared by the speed benchmarks (not part of the package)."""
+"""Model builders and command-line plumbing shared by the speed benchmarks (not part of the package)."""
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -32,3 +34,26 @@ def set_reference_attention(*models: torch.nn.Module, reference: bool) -> None:
         for mod in m.modules():
             if hasattr(mod, "fused_attn"):
                 mod.fused_attn = not reference
+
+
+def fast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the fast path: bf16 on a GPU unless ``precision`` says otherwise."""
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """--size, --repeats, --threads and --precision, as every model benchmark takes them."""
+    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="fast path arithmetic (default: bf16 autocast on a GPU, fp32 on a CPU)")
+
+
+def pick_device(args: argparse.Namespace) -> tuple[torch.device, str]:
+    """Apply --threads; (device, words naming it for the table's header)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return device, name

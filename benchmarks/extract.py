@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _models import build, set_reference_attention
+from _models import add_common_args, build, fast_dtype, pick_device, set_reference_attention
 
 
 def extract(student, x: torch.Tensor, batch: int, fast: bool, device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -33,7 +33,6 @@ def extract(student, x: torch.Tensor, batch: int, fast: bool, device, dtype: tor
 
 def measure(args, device: torch.device) -> dict:
     """{"reference": img/s, "fast": img/s, "diff": max |feature difference|} for ``args.size``."""
-    from train_step import fast_dtype
 
     torch.manual_seed(0)
     _, _, student, img, _ = build(args.size, device)
@@ -60,19 +59,12 @@ def measure(args, device: torch.device) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["tiny", "vit_s8"], default="tiny")
+    add_common_args(p)
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="fast path arithmetic (default: bf16 autocast on a GPU, fp32 on a CPU)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device, name = pick_device(args)
     r = measure(args, device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"feature extraction, model {args.size}, {args.images} images, batch {args.batch}, device: {name}, "
           f"torch {torch.__version__}")
     print(f"| path | images/s (median of {args.repeats}) |")

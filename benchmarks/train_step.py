@@ -19,7 +19,7 @@ import types
 
 import torch
 
-from _models import build, set_reference_attention
+from _models import add_common_args, build, fast_dtype, pick_device, set_reference_attention
 from tvt.losses.dino import DINOCenter
 from tvt.losses.hypersphere import CenterAlignment
 from tvt.losses.objective import tvt_loss
@@ -50,11 +50,6 @@ def step(teachers, student, opt, x_img, x_skt, y, accum: int, skt_factor: int, f
     opt.step()
     opt.zero_grad(set_to_none=True)
     return total
-
-
-def fast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of the fast path: bf16 on a GPU unless ``precision`` says otherwise."""
-    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
 
 
 def run(mode: str, args, device) -> tuple[float, float]:
@@ -88,20 +83,13 @@ def run(mode: str, args, device) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["tiny", "vit_s8"], default="tiny")
+    add_common_args(p)
     p.add_argument("--batch", type=int, default=64, help="photos per step")
     p.add_argument("--accum", type=int, default=4)
     p.add_argument("--skt-factor", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="fast path arithmetic (default: bf16 autocast on a GPU, fp32 on a CPU)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, name = pick_device(args)
     ref, loss_ref = run("reference", args, device)
     fast, loss_fast = run("fast", args, device)
     tol = 5e-2 if device.type == "cuda" else 1e-4
