@@ -11,18 +11,13 @@ from PIL import Image
 
 from tvt.errors import DataError
 from tvt.eval.metrics import retrieval_metrics
+from tvt.eval.grid import GREEN, GREY, RED, grid_cell_box, grid_size_hint, retrieval_grid
 from tvt.eval.report import (
-    GREEN,
-    GREY,
-    RED,
     embedding_plot,
     format_table,
-    grid_cell_box,
-    grid_size_hint,
     per_class_table,
     plot_per_class_bar,
     pr_curve,
-    retrieval_grid,
     write_per_class_csv,
     write_results,
 )

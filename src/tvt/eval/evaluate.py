@@ -22,7 +22,7 @@ from tvt.data.folder import ClassFolder
 from tvt.data.layout import Split, load_split, outliers_for
 from tvt.data.transforms import eval_transform
 from tvt.errors import DataError
-from tvt.eval import report
+from tvt.eval import grid, report
 from tvt.eval.extract import extract_features, file_identity, fingerprint
 from tvt.eval.metrics import retrieval_metrics
 from tvt.vectors import l2_normalize
@@ -163,9 +163,9 @@ def _grid(sets: EvalSets, feats: dict[str, np.ndarray], path: Path, n_queries: i
     ranked = [[sets.photos.samples[j][0] for j in row] for row in order]
     correct = gl[order] == ql[picks][:, None]
     names = sets.classes
-    report.retrieval_grid(query_paths, ranked, correct, path, k=k, query_names=[names[int(ql[i])] for i in picks],
-                          result_names=[[names[int(c)] for c in row] for row in gl[order]],
-                          title=f"{title}\ntop-{k} photos (by rank) for one sketch query of each class")
+    grid.retrieval_grid(query_paths, ranked, correct, path, k=k, query_names=[names[int(ql[i])] for i in picks],
+                        result_names=[[names[int(c)] for c in row] for row in gl[order]],
+                        title=f"{title}\ntop-{k} photos (by rank) for one sketch query of each class")
     return picks, order
 
 

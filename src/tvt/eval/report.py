@@ -1,8 +1,8 @@
 """Evaluation reports: result files, terminal tables, per-class tables and figures.
 
 Figures use matplotlib's object-oriented :class:`~matplotlib.figure.Figure` (imported inside the
-functions, so importing this module stays cheap; no pyplot, so no global backend is switched),
-except :func:`retrieval_grid`, which needs only PIL.
+functions, so importing this module stays cheap; no pyplot, so no global backend is switched).
+The retrieval grid (thumbnails composed with PIL) is :mod:`tvt.eval.grid`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,6 @@ from tvt.errors import DataError
 from tvt.eval.metrics import check_features, check_labels, iter_relevant_ranks, retrieval_metrics
 from tvt.files import write_json
 from tvt.vectors import l2_normalize
-
-GREEN = (0, 170, 0)
-RED = (210, 0, 0)
-GREY = (128, 128, 128)
-GRID_PAD, GRID_BORDER, GRID_GAP = 4, 3, 12
-
 
 # ----------------------------------------------------------------------------------------------
 # numbers
@@ -129,7 +123,7 @@ def write_per_class_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> 
 # matplotlib figures
 
 
-def _figure(**kwargs: Any) -> Any:
+def new_figure(**kwargs: Any) -> Any:
     """A matplotlib Figure of its own (not registered with pyplot: nothing global changes)."""
     from matplotlib.figure import Figure
 
@@ -143,7 +137,7 @@ def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metr
     if not rows or metric not in rows[0]:
         raise DataError(f"no per-class values of {metric!r} to plot")
     ordered = sorted(rows, key=lambda r: -r[metric])
-    fig = _figure(figsize=(max(6.0, 0.28 * len(ordered) + 1.5), 4.0))
+    fig = new_figure(figsize=(max(6.0, 0.28 * len(ordered) + 1.5), 4.0))
     ax = fig.subplots()
     ax.bar(range(len(ordered)), [r[metric] for r in ordered], color="tab:blue")
     ax.set_xticks(range(len(ordered)), [str(r["class"]) for r in ordered], rotation=90, fontsize=7)
@@ -156,10 +150,11 @@ def plot_per_class_bar(rows: Sequence[Mapping[str, Any]], path: str | Path, metr
     head = f"{title}\n" if title else ""
     ax.set_title(f"{head}{metric} per class (mean {np.mean([r[metric] for r in rows]):.4f} over classes)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at 100 dpi to ``path`` (its folder is created); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -207,7 +202,7 @@ def pr_curve(
     g_lab = np.asarray(g_labels.cpu() if isinstance(g_labels, torch.Tensor) else g_labels)
     chance = float(np.mean([(g_lab == c).mean() for c in l_sub]))
     if path is not None:
-        fig = _figure(figsize=(5.0, 4.2))
+        fig = new_figure(figsize=(5.0, 4.2))
         ax = fig.subplots()
         ax.plot(levels, precision, marker="o", markersize=3, label=label or "model")
         ax.axhline(chance, color="k", linestyle="--", linewidth=1, label=f"chance (random ranking) {chance:.3f}")
@@ -218,7 +213,7 @@ def pr_curve(
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        _save(fig, path)
+        save_figure(fig, path)
     return {"recall": levels, "precision": precision, "chance": chance}
 
 
@@ -258,7 +253,7 @@ def embedding_plot(
     import matplotlib
     from matplotlib.lines import Line2D
 
-    fig = _figure(figsize=(8.0, 6.0))
+    fig = new_figure(figsize=(8.0, 6.0))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20" if len(class_names) <= 20 else "hsv"]
     colours = cmap(np.arange(len(class_names)) if len(class_names) <= 20 else np.linspace(0, 1, len(class_names),
@@ -283,7 +278,7 @@ def embedding_plot(
     ax.set_title(f"{head}{method.upper()} map of {len(x)} features\nphotos and sketches of one class should share "
                  "a colour cluster", fontsize=9)
     fig.subplots_adjust(left=0.05, right=0.70, top=0.87, bottom=0.07)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _reduce_2d(x: np.ndarray, method: str, seed: int) -> np.ndarray:
@@ -302,123 +297,3 @@ def _reduce_2d(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     out = xc @ vt[:2].T
     return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))  # D = 1 still plots
-
-
-# ----------------------------------------------------------------------------------------------
-# retrieval grid (PIL only)
-
-
-def grid_cell_box(row: int, col: int, thumb: int = 64, caption_h: int = 0) -> tuple[int, int, int, int]:
-    """Pixel box (x0, y0, x1, y1), x1/y1 exclusive, of the framed cell at ``row``, ``col`` of a retrieval grid.
-
-    Column 0 is the query; columns 1..k are the ranked results. The frame is ``GRID_BORDER`` px;
-    ``caption_h`` px under every row are left free for captions.
-    """
-    cell = thumb + 2 * GRID_BORDER
-    x0 = GRID_PAD + col * (cell + GRID_PAD) + (GRID_GAP if col > 0 else 0)
-    y0 = GRID_PAD + row * (cell + GRID_PAD + caption_h)
-    return x0, y0, x0 + cell, y0 + cell
-
-
-def retrieval_grid(
-    query_paths: Sequence[str | Path],
-    ranked_paths: Sequence[Sequence[str | Path]],
-    correct: Any,
-    path: str | Path,
-    k: int = 8,
-    thumb: int = 64,
-    query_names: Sequence[str] | None = None,
-    result_names: Sequence[Sequence[str]] | None = None,
-    title: str = "",
-) -> Path:
-    """PNG with one row per query: the query (grey frame), then its top-k results framed green
-    when ``correct[i][j]`` (same class) and red otherwise. ``correct``: bool [n_queries, >= k].
-
-    With ``query_names`` (class of each query) and ``result_names`` (class of each result) the
-    figure also gets a title, a colour legend and a caption under every image: the query's class,
-    and each result's rank and class.
-    """
-    from PIL import Image
-
-    ok = np.asarray(correct, dtype=bool)
-    if len(ranked_paths) != len(query_paths) or ok.ndim != 2 or ok.shape[0] != len(query_paths):
-        raise DataError("retrieval_grid: query_paths, ranked_paths and correct must have one row per query")
-    labelled = query_names is not None and result_names is not None
-    cap = 14 if labelled else 0
-    k = min(k, min((len(r) for r in ranked_paths), default=0), ok.shape[1])
-    # placed by hand, not torchvision make_grid: every tile has its own frame colour (right / wrong class)
-    canvas = Image.new("RGB", grid_size_hint(len(query_paths), k, thumb, cap), (255, 255, 255))
-    for i, qpath in enumerate(query_paths):
-        _paste_framed(canvas, _thumbnail(qpath, thumb), grid_cell_box(i, 0, thumb, cap), GREY)
-        for j in range(k):
-            frame = GREEN if ok[i, j] else RED
-            _paste_framed(canvas, _thumbnail(ranked_paths[i][j], thumb), grid_cell_box(i, j + 1, thumb, cap), frame)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not labelled:
-        canvas.save(out)
-        return out
-    return _labelled_grid(canvas, ok[:, :k], list(query_names), [list(r[:k]) for r in result_names], out, thumb, cap,
-                          title)
-
-
-def _labelled_grid(canvas: Any, ok: np.ndarray, query_names: list[str], result_names: list[list[str]], out: Path,
-                   thumb: int, cap: int, title: str) -> Path:
-    """The framed grid drawn by matplotlib with captions, a title and a colour legend."""
-    from matplotlib.patches import Patch
-
-    w, h = canvas.size
-    dpi = 100
-    fig = _figure(figsize=(w / dpi * 1.25, h / dpi * 1.25 + 0.9), dpi=dpi)
-    ax = fig.add_axes((0.0, 0.0, 1.0, h * 1.25 / (h * 1.25 + 90)))
-    ax.imshow(np.asarray(canvas), interpolation="nearest")
-    ax.set_axis_off()
-    n, k = ok.shape
-    for i in range(n):
-        x0, _, x1, y1 = grid_cell_box(i, 0, thumb, cap)
-        ax.text((x0 + x1) / 2, y1 + 1, f"query: {query_names[i]}", ha="center", va="top", fontsize=7,
-                fontweight="bold")
-        for j in range(k):
-            x0, _, x1, y1 = grid_cell_box(i, j + 1, thumb, cap)
-            ax.text((x0 + x1) / 2, y1 + 1, f"#{j + 1} {result_names[i][j]}", ha="center", va="top", fontsize=6.5,
-                    color="green" if ok[i, j] else "firebrick")
-    fig.suptitle(title or f"Top-{k} photos for one sketch query per class", fontsize=10, y=0.995, va="top")
-    legend = [Patch(facecolor=np.array(GREY) / 255, label="query sketch (left column)"),
-              Patch(facecolor=np.array(GREEN) / 255, label="result of the query's class"),
-              Patch(facecolor=np.array(RED) / 255, label="result of another class")]
-    fig.legend(handles=legend, loc="upper center", ncol=3, fontsize=6.5, frameon=False, handlelength=1.2,
-               columnspacing=1.0,
-               bbox_to_anchor=(0.5, 1 - 0.32 / (h * 1.25 / dpi + 0.9)))
-    return _save(fig, out)
-
-
-def _thumbnail(path: str | Path, size: int):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.convert("RGBA")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the image for the retrieval grid ({exc})") from exc
-    scale = size / max(img.size)
-    if scale > 1:  # small images (the demo's 32 px) are enlarged to fill the cell
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-    img.thumbnail((size, size))  # not ImageOps.pad: a small image is not enlarged, and alpha goes over white
-    tile = Image.new("RGB", (size, size), (255, 255, 255))
-    tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2), img)  # alpha over white
-    return tile
-
-
-def _paste_framed(canvas: Any, tile: Any, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(canvas).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=colour)
-    canvas.paste(tile, (box[0] + GRID_BORDER, box[1] + GRID_BORDER))
-
-
-def grid_size_hint(n_rows: int, k: int, thumb: int = 64, caption_h: int = 0) -> tuple[int, int]:
-    """(width, height) of an unlabelled retrieval grid with ``n_rows`` queries and ``k`` results each."""
-    x1, y1 = grid_cell_box(max(n_rows - 1, 0), k, thumb, caption_h)[2:]
-    return x1 + GRID_PAD, y1 + GRID_PAD + caption_h
-
