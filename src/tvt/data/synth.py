@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tvt.data.synth_shapes import CLASS_NAMES, SHAPES, Figure
+from tvt.data.synth_geometry import Figure
+from tvt.data.synth_shapes import CLASS_NAMES, SHAPES
 from tvt.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 1

@@ -1,12 +1,10 @@
-"""Parametric shape families of the synthetic dataset (geometry only, no pixels).
+"""Parametric shape families of the synthetic dataset (geometry only, no pixels) and their registry.
 
 Every class is a function ``(rng) -> Figure`` that draws one random instance of its family in a
-unit frame (object roughly inside [-1, 1]^2, y pointing down). A :class:`Figure` holds three kinds
-of parts so that a filled "photo" and a line "sketch" can be rendered from the same geometry:
-
-* regions: closed polygons, painted in order (solid parts, then holes cut through them);
-* bars: thin solid parts along a polyline (a stick, a ray, a rail), a single stroke in a sketch;
-* details: interior lines (a door, a vein, a seam), darker lines in a photo.
+unit frame (object roughly inside [-1, 1]^2, y pointing down; :class:`~tvt.data.synth_geometry.Figure`
+holds its regions, bars and details). This module holds the everyday-object families and
+:data:`SHAPES`, the registry of every class; the plane figures and signs (polygons, stars, arrows,
+waves) are in :mod:`tvt.data.synth_glyphs`.
 
 The families share a vocabulary of parts (rings, holes, points, counts, symmetric bodies, sticks)
 so that what is learnt on training classes transfers to unseen ones.
@@ -15,109 +13,11 @@ so that what is learnt on training classes transfers to unseen ones.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-Array = np.ndarray
-Rng = np.random.Generator
-TAU = 2.0 * np.pi
-
-
-@dataclass
-class Figure:
-    """One shape instance. Arrays are float ``[K, 2]`` points (x, y) in the unit frame."""
-
-    regions: list[tuple[Array, bool]] = field(default_factory=list)  # (polygon, solid?)
-    bars: list[tuple[Array, float]] = field(default_factory=list)  # (polyline, width)
-    details: list[Array] = field(default_factory=list)  # open polylines (closed ones repeat p0)
-
-    def region(self, poly: Array, solid: bool = True) -> Figure:
-        self.regions.append((np.asarray(poly, dtype=float), solid))
-        return self
-
-    def bar(self, line: Array, width: float) -> Figure:
-        self.bars.append((np.asarray(line, dtype=float), float(width)))
-        return self
-
-    def detail(self, line: Array, closed: bool = False) -> Figure:
-        line = np.asarray(line, dtype=float)
-        self.details.append(np.vstack([line, line[:1]]) if closed else line)
-        return self
-
-
-# ----------------------------------------------------------------------------- primitives
-def ellipse(cx: float, cy: float, rx: float, ry: float, a0: float = 0.0, a1: float = TAU,
-            n: int = 40, rot: float = 0.0) -> Array:
-    """Points on an ellipse arc from angle a0 to a1 (a full turn: no repeated end point)."""
-    full = abs(a1 - a0 - TAU) < 1e-9
-    t = np.linspace(a0, a1, n, endpoint=not full)
-    x, y = rx * np.cos(t), ry * np.sin(t)
-    c, s = np.cos(rot), np.sin(rot)
-    return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
-
-
-def rect(x0: float, y0: float, x1: float, y1: float) -> Array:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float)
-
-
-def ngon(n: int, r: float = 1.0, rot: float = -np.pi / 2, cx: float = 0.0, cy: float = 0.0) -> Array:
-    return ellipse(cx, cy, r, r, rot, rot + TAU, n=n)
-
-
-def star(n: int, r_out: float, r_in: float, rot: float = -np.pi / 2) -> Array:
-    t = rot + np.arange(2 * n) * np.pi / n
-    r = np.where(np.arange(2 * n) % 2 == 0, r_out, r_in)
-    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
-
-
-def mirror_x(half: Array) -> Array:
-    """Close a left-right symmetric outline given its right half listed top to bottom."""
-    return np.vstack([half, half[::-1] * [-1.0, 1.0]])
-
-
-def pts(*xy: float) -> Array:
-    return np.asarray(xy, dtype=float).reshape(-1, 2)
-
-
-def polar(r: Callable[[Array], Array], n: int = 72, sx: float = 1.0, sy: float = 1.0) -> Array:
-    t = np.linspace(0.0, TAU, n, endpoint=False)
-    rr = r(t)
-    return np.stack([sx * rr * np.cos(t), sy * rr * np.sin(t)], axis=1)
-
-
-# ----------------------------------------------------------------------------- families
-def _star5(r: Rng) -> Figure:
-    return Figure().region(star(5, 1.0, r.uniform(0.36, 0.55)))
-
-
-def _sparkle(r: Rng) -> Figure:
-    return Figure().region(star(4, 1.0, r.uniform(0.17, 0.3)))
-
-
-def _triangle(r: Rng) -> Figure:
-    return Figure().region(pts(r.uniform(-.2, .2), -1, -r.uniform(.8, 1.05), .8, r.uniform(.8, 1.05), .8))
-
-
-def _square(r: Rng) -> Figure:
-    return Figure().region(rect(-.8, -.8, .8, .8) + r.normal(0, .03, (4, 2)))
-
-
-def _pentagon(r: Rng) -> Figure:
-    return Figure().region(ngon(5))
-
-
-def _hexagon(r: Rng) -> Figure:
-    return Figure().region(ngon(6, rot=float(r.choice([0.0, np.pi / 6]))))
-
-
-def _diamond(r: Rng) -> Figure:
-    w = r.uniform(.5, .75)
-    return Figure().region(pts(0, -1, w, 0, 0, 1, -w, 0))
-
-
-def _circle(r: Rng) -> Figure:
-    return Figure().region(ellipse(0, 0, 1, r.uniform(.85, 1)))
+from tvt.data import synth_glyphs as glyphs
+from tvt.data.synth_geometry import TAU, Figure, Rng, ellipse, mirror_x, ngon, polar, pts, rect
 
 
 def _sun(r: Rng) -> Figure:
@@ -126,47 +26,6 @@ def _sun(r: Rng) -> Figure:
     for a in r.uniform(0, TAU) + TAU * np.arange(k) / k:
         f.bar(pts((rr + .13) * np.cos(a), (rr + .13) * np.sin(a), np.cos(a), np.sin(a)), .08)
     return f
-
-
-def _ring(r: Rng) -> Figure:
-    return Figure().region(ellipse(0, 0, 1, 1)).region(ellipse(0, 0, *[r.uniform(.45, .68)] * 2), False)
-
-
-def _target(r: Rng) -> Figure:
-    a, b = r.uniform(.62, .72), r.uniform(.3, .4)
-    return Figure().region(ngon(48)).region(ngon(48, a), False).region(ngon(40, b))
-
-
-def _crescent(r: Rng) -> Figure:
-    d, r2 = r.uniform(.35, .6), r.uniform(.85, 1.0)
-    x = (1 + d * d - r2 * r2) / (2 * d)
-    y = np.sqrt(max(1 - x * x, 1e-6))
-    ta, tb = np.arctan2(y, x), np.arctan2(y, x - d)
-    outer = ellipse(0, 0, 1, 1, ta, TAU - ta, n=40)
-    inner = ellipse(d, 0, r2, r2, TAU - tb, tb, n=30)  # goes back through the inner circle's left
-    return Figure().region(np.vstack([outer, inner]))
-
-
-def _heart(r: Rng) -> Figure:
-    t = np.linspace(0, TAU, 64, endpoint=False)
-    x = 16 * np.sin(t) ** 3
-    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-    return Figure().region(np.stack([x / 17 * r.uniform(.9, 1.1), (y + 2.5) / 15], axis=1))
-
-
-def _cross(r: Rng) -> Figure:
-    t = r.uniform(.25, .4)
-    return Figure().region(pts(-t, -1, t, -1, t, -t, 1, -t, 1, t, t, t, t, 1, -t, 1, -t, t, -1, t, -1, -t, -t, -t))
-
-
-def _arrow(r: Rng) -> Figure:
-    t, h, hx = r.uniform(.14, .24), r.uniform(.45, .65), r.uniform(.0, .35)
-    return Figure().region(pts(-1, -t, hx, -t, hx, -h, 1, 0, hx, h, hx, t, -1, t))
-
-
-def _double_arrow(r: Rng) -> Figure:
-    t, h, hx = r.uniform(.12, .2), r.uniform(.4, .55), r.uniform(.4, .6)
-    return Figure().region(pts(-1, 0, -hx, -h, -hx, -t, hx, -t, hx, -h, 1, 0, hx, h, hx, t, -hx, t, -hx, h))
 
 
 def _house(r: Rng) -> Figure:
@@ -279,13 +138,6 @@ def _hourglass(r: Rng) -> Figure:
     n = r.uniform(.05, .12)
     f = Figure().region(pts(-.65, -.9, .65, -.9, n, 0, .65, .9, -.65, .9, -n, 0))
     return f.region(rect(-.85, -1, .85, -.85)).region(rect(-.85, .85, .85, 1))
-
-
-def _spiral(r: Rng) -> Figure:
-    turns = r.uniform(2.0, 2.6)
-    t = np.linspace(0, turns * TAU, int(40 * turns))
-    rr = .1 + .9 * t / t[-1]
-    return Figure().bar(np.stack([rr * np.cos(t), rr * np.sin(t)], axis=1), .11)
 
 
 def _stairs(r: Rng) -> Figure:
@@ -464,17 +316,6 @@ def _table(r: Rng) -> Figure:
     return Figure().region(rect(-1, h - .15, 1, h)).bar(pts(-.75, h, -.75, .9), .12).bar(pts(.75, h, .75, .9), .12)
 
 
-def _zigzag(r: Rng) -> Figure:
-    k = int(r.integers(4, 7))
-    x = np.linspace(-1, 1, k + 1)
-    return Figure().bar(np.stack([x, np.where(np.arange(k + 1) % 2 == 0, -.45, .45)], axis=1), .12)
-
-
-def _wave(r: Rng) -> Figure:
-    x = np.linspace(-1, 1, 40)
-    return Figure().bar(np.stack([x, .45 * np.sin(np.pi * r.uniform(1.5, 2.5) * x)], axis=1), .12)
-
-
 def _anchor(r: Rng) -> Figure:
     f = Figure().region(ngon(20, .2, cy=-.8)).region(ngon(12, .09, cy=-.8), False)
     f.bar(pts(0, -.6, 0, .95), .1).bar(pts(-.4, -.35, .4, -.35), .1)
@@ -509,18 +350,19 @@ def _bowtie(r: Rng) -> Figure:
 
 # Curated order: ``generate(num_classes=N)`` uses the first N, so any prefix is varied.
 SHAPES: dict[str, Callable[[np.random.Generator], Figure]] = {
-    "star5": _star5, "crescent": _crescent, "house": _house, "arrow": _arrow, "ring": _ring,
-    "cross": _cross, "heart": _heart, "tree": _tree, "fish": _fish, "umbrella": _umbrella,
-    "key": _key, "lightning": _lightning, "mushroom": _mushroom, "car": _car, "glasses": _glasses,
-    "ladder": _ladder, "gear": _gear, "flower": _flower, "snowman": _snowman, "anchor": _anchor,
-    "bell": _bell, "sun": _sun, "boat": _boat, "hourglass": _hourglass, "leaf": _leaf, "mug": _mug,
-    "spiral": _spiral, "kite": _kite, "crown": _crown, "envelope": _envelope, "triangle": _triangle,
-    "square": _square, "pentagon": _pentagon, "hexagon": _hexagon, "diamond": _diamond,
-    "sparkle": _sparkle, "circle": _circle, "target": _target, "double_arrow": _double_arrow,
-    "pine": _pine, "cloud": _cloud, "drop": _drop, "stairs": _stairs, "bottle": _bottle,
-    "candle": _candle, "hammer": _hammer, "apple": _apple, "butterfly": _butterfly,
-    "dumbbell": _dumbbell, "shield": _shield, "bone": _bone, "window": _window,
-    "lollipop": _lollipop, "rocket": _rocket, "tshirt": _tshirt, "chair": _chair, "table": _table,
-    "zigzag": _zigzag, "wave": _wave, "pie": _pie, "clock": _clock, "note": _note, "bowtie": _bowtie,
+    "star5": glyphs.star5, "crescent": glyphs.crescent, "house": _house, "arrow": glyphs.arrow,
+    "ring": glyphs.ring, "cross": glyphs.cross, "heart": glyphs.heart, "tree": _tree, "fish": _fish,
+    "umbrella": _umbrella, "key": _key, "lightning": _lightning, "mushroom": _mushroom, "car": _car,
+    "glasses": _glasses, "ladder": _ladder, "gear": _gear, "flower": _flower, "snowman": _snowman,
+    "anchor": _anchor, "bell": _bell, "sun": _sun, "boat": _boat, "hourglass": _hourglass, "leaf": _leaf,
+    "mug": _mug, "spiral": glyphs.spiral, "kite": _kite, "crown": _crown, "envelope": _envelope,
+    "triangle": glyphs.triangle, "square": glyphs.square, "pentagon": glyphs.pentagon,
+    "hexagon": glyphs.hexagon, "diamond": glyphs.diamond, "sparkle": glyphs.sparkle, "circle": glyphs.circle,
+    "target": glyphs.target, "double_arrow": glyphs.double_arrow, "pine": _pine, "cloud": _cloud,
+    "drop": _drop, "stairs": _stairs, "bottle": _bottle, "candle": _candle, "hammer": _hammer,
+    "apple": _apple, "butterfly": _butterfly, "dumbbell": _dumbbell, "shield": _shield, "bone": _bone,
+    "window": _window, "lollipop": _lollipop, "rocket": _rocket, "tshirt": _tshirt, "chair": _chair,
+    "table": _table, "zigzag": glyphs.zigzag, "wave": glyphs.wave, "pie": _pie, "clock": _clock,
+    "note": _note, "bowtie": _bowtie,
 }
 CLASS_NAMES: tuple[str, ...] = tuple(SHAPES)
