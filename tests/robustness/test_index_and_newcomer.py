@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from tvt.cli import main
 from tvt.errors import DataError
 from tvt.search import index as index_mod
+from tvt.search.lock import LOCK_FILE, index_lock
 
 
 def _user_error(capsys, argv: list[str], *must_mention: str) -> str:
@@ -35,7 +36,7 @@ def _user_error(capsys, argv: list[str], *must_mention: str) -> str:
 
 def _index_state(idx: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in idx.iterdir()
-            if f.is_file() and f.name != index_mod.LOCK_FILE}
+            if f.is_file() and f.name != LOCK_FILE}
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_unchanged_update_writes_nothing(capsys, fresh, monkeypatch):
 def test_index_folder_lock_names_its_holder(capsys, fresh):
     photos, idx = fresh
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from tvt.search.index import index_lock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from tvt.search.lock import index_lock\n"
          f"with index_lock(Path({str(idx)!r})):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -142,17 +143,17 @@ def test_lock_is_released_by_a_killed_holder(tmp_path):
     idx = tmp_path / "idx"
     idx.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tvt.search.index import index_lock\n"
+        [sys.executable, "-c", "import time; from pathlib import Path; from tvt.search.lock import index_lock\n"
          f"with index_lock(Path({str(idx)!r})):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(Exception, match="being updated"):
-        with index_mod.index_lock(idx):
+        with index_lock(idx):
             pass
     holder.kill()
     holder.wait(timeout=30)
-    with index_mod.index_lock(idx):  # no stale lock
-        assert json.loads((idx / index_mod.LOCK_FILE).read_text())["pid"] == os.getpid()
+    with index_lock(idx):  # no stale lock
+        assert json.loads((idx / LOCK_FILE).read_text())["pid"] == os.getpid()
 
 
 # ----------------------------------------------------------------------------- 11. FIFOs, sockets
@@ -434,7 +435,7 @@ def test_index_out_is_a_file(tmp_path, capsys, good_index, tiny_ckpt):
     _user_error(capsys, ["index", str(good_index[0]), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "idx"),
                          "--no-progress"], "is a file")
     assert (tmp_path / "idx").read_text() == "I am a file"
-    from tvt.search.index import update_index
+    from tvt.search.update import update_index
 
     with pytest.raises(Exception, match="is a file"):
         update_index(good_index[0], tmp_path / "idx", lambda x, m: x, index_mod.ModelIdentity("tvt", 32, 32))

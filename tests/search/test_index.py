@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tvt.errors import CheckpointError, DataError, InputError
-from tvt.search.index import PhotoIndex, update_index
+from tvt.search.index import PhotoIndex
+from tvt.search.update import update_index
 
 
 def _build(photo_dir: Path, out: Path, enc, helpers, **kw):

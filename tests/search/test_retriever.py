@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from tvt.errors import CheckpointError, InputError
-from tvt.search.index import PhotoIndex, update_index
+from tvt.search.index import PhotoIndex
+from tvt.search.update import update_index
 from tvt.search.retriever import Retriever, contact_sheet, crop_to_ink, load_query_image
 
 

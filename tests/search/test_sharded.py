@@ -108,7 +108,7 @@ def test_two_processes_build_the_same_index_as_one(photo_dir, tmp_path, tiny_ckp
 
 
 def test_interrupted_sharded_indexing_resumes(photo_dir, tmp_path, helpers):
-    from tvt.search.index import update_index
+    from tvt.search.update import update_index
 
     for i in range(12, 24):  # 24 photos: 6 batches of 2 per rank
         helpers.write_photo(photo_dir / "more" / f"{i}.png", seed=i)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tvt.search.index import IndexReport
+    from tvt.search.update import IndexReport
 
 HELP = "index a folder of photos for sketch search (re-run to add new or changed photos)"
 

@@ -10,8 +10,9 @@
 
 from tvt.search.backends import BACKEND_NAMES, SearchBackend, make_backend
 from tvt.search.identity import ModelIdentity
-from tvt.search.index import IndexReport, PhotoIndex, update_index
+from tvt.search.index import PhotoIndex
 from tvt.search.retriever import Retriever, SearchResult, contact_sheet
+from tvt.search.update import IndexReport, update_index
 
 __all__ = [
     "BACKEND_NAMES",

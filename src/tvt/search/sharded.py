@@ -27,17 +27,10 @@ import torch
 from tvt.errors import DataError
 from tvt.search.embed import embed_files
 from tvt.search.identity import ModelIdentity
-from tvt.search.index import (
-    IndexReport,
-    UpdatePlan,
-    commit_update,
-    index_dirs,
-    index_transform,
-    plan_update,
-    update_index,
-)
+from tvt.search.index import index_transform
 from tvt.search.lock import index_lock
 from tvt.search.partial import ShardWriter, load_partial
+from tvt.search.update import IndexReport, UpdatePlan, commit_update, index_dirs, plan_update, update_index
 
 
 def batch_share(items: Sequence[str], batch_size: int, rank: int, world: int) -> list[str]:
@@ -66,7 +59,7 @@ def update_index_sharded(
     extra_meta: dict[str, Any] | None = None,
     autocast: torch.dtype | None = None,
 ) -> IndexReport | None:
-    """:func:`tvt.search.index.update_index` split over the ranks of the current process group.
+    """:func:`tvt.search.update.update_index` split over the ranks of the current process group.
 
     Returns the report on rank 0 and None on the other ranks. One process: the plain update.
     """
