@@ -9,6 +9,7 @@ and the metrics: this isolates the architecture.
 
     python benchmarks/stem.py --stem patch --steps 600
     python benchmarks/stem.py --stem conv --steps 600
+    python benchmarks/stem.py --stem conv --steps 600 --patch 4 --width 96   # an 8x8 patch grid
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64, help="photos per step (and as many sketches)")
     p.add_argument("--data", default="", help="synthetic dataset root (default: generate one in a temp dir)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch", type=int, default=8, help="patch size (the demo: 8, a 4x4 grid at 32 px)")
+    p.add_argument("--width", type=int, default=128, help="embedding width (the demo: 128)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     tmp = tempfile.TemporaryDirectory()
@@ -74,8 +77,9 @@ def main() -> None:
     st, sty = load(root, "sketch", seen, 32)
     pu, puy = load(root, "photo", unseen, 32)
     su, suy = load(root, "sketch", unseen, 32)
-    vit = build_vit(ViTArch(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=2, stem=a.stem))
-    head = nn.Linear(128, len(seen))
+    vit = build_vit(ViTArch(img_size=32, patch_size=a.patch, embed_dim=a.width, depth=4, num_heads=2,
+                            stem=a.stem))
+    head = nn.Linear(a.width, len(seen))
     opt = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=a.lr, weight_decay=0.05)
     warm = max(1, a.steps // 10)
 
@@ -86,7 +90,7 @@ def main() -> None:
         vit.train()
         return r["mAP@all"], r["P@100"]
 
-    print(f"stem={a.stem}  {len(seen)} training classes, {len(unseen)} unseen "
+    print(f"stem={a.stem} patch={a.patch} width={a.width}  {len(seen)} training classes, {len(unseen)} unseen "
           f"({len(su)} sketch queries, {len(pu)} photos)")
     print("| step | train loss | unseen mAP@all | unseen P@100 | steps/s |\n|---|---|---|---|---|")
     m0, p0 = score()

@@ -49,8 +49,15 @@ def test_ablation_table_and_chart(demo_dir, monkeypatch, capsys):
     assert tvt_runs[0]["mAP@all"] == pytest.approx(metrics["tvt"]["mAP@all"])  # seed 0 is the demo's own run
     v = result["variants"]["ce_only"]["mAP@all"]
     assert v["min"] <= v["mean"] <= v["max"]
+    # every run is also scored on the training classes (the fit column), and so is the start
+    fit = [r[demo_ablation.SEEN] for n in ("tvt", "ce_only") for r in result["variants"][n]["runs"]]
+    assert len(fit) == 4 and all(0.0 < x <= 1.0 for x in fit)
+    assert 0.0 < result["start"][demo_ablation.SEEN] <= 1.0 and 0.0 < result["chance"][demo_ablation.SEEN] < 1.0
+    spread = result["variants"]["tvt"][demo_ablation.SEEN]
+    assert spread["mean"] == pytest.approx(np.mean([r[demo_ablation.SEEN] for r in tvt_runs]))
     table = (demo_dir / "ablation.md").read_text()
     assert "ce_only" in table and "chance (random ranking)" in table and "start (before stage B)" in table
+    assert "training classes" in table and f"{result['start'][demo_ablation.SEEN]:.4f}" in table
     with Image.open(demo_dir / "ablation.png") as im:
         assert im.width > 300
     assert "ce_only" in capsys.readouterr().out
