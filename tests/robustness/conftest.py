@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from _helpers import tiny_checkpoint  # noqa: F401  (shared with tests/search, serve, robustness)
 

@@ -377,7 +377,7 @@ def test_home_is_expanded_everywhere(tmp_path, capsys, monkeypatch, tiny_ckpt, b
     shutil.copy(tiny_ckpt, tmp_path / "ckpt.pth")
     for i in range(3):
         bad.write_good(tmp_path / "photos" / f"{i}.png", seed=i, size=32)
-    sketch = bad.write_good(tmp_path / "q.png", seed=7)
+    bad.write_good(tmp_path / "q.png", seed=7)  # the query sketch, used by path below
     assert main(["index", "~/photos", "--checkpoint", "~/ckpt.pth", "--out", "~/idx", "--no-progress",
                  "--device", "cpu"]) == 0
     assert (tmp_path / "idx" / "index.json").is_file() and not Path("~").exists()

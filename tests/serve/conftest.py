@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from _helpers import tiny_checkpoint  # noqa: F401  (shared with tests/search, serve, robustness)
 
 
