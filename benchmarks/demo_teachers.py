@@ -52,14 +52,14 @@ from tvt.data.synth_shapes import CLASS_NAMES
 from tvt.data.transforms import augment_pipeline, eval_transform
 from tvt.engine import checkpoint as ckpt
 from tvt.engine.common import seed_everything
-from tvt.engine.demo import _stage_a, encoders, score
+from tvt.engine.demo import _stage_a, encoders, score, start_model, unseen_sets
 from tvt.engine.demo_run import _PATH_KEYS, MANIFEST
 from tvt.engine.standin import class_scores, train_standin
 from tvt.engine.train_tvt import train
 from tvt.errors import ConfigError
 from tvt.eval import evaluate as ev
 from tvt.eval.report import chance_levels
-from tvt.models.weights import init_student_from_teacher, load_teacher
+from tvt.models.weights import load_teacher
 from tvt.models.wrappers import Teacher
 
 TEACHER_TEMP = 0.04  # tau_t of the demo's stage B at the end of its warm-up
@@ -234,11 +234,6 @@ def pool_standin(cfg: Config, out: Path, steps: int, run: str, *, photos: int = 
 
 
 # ----------------------------------------------------------------------------- 3. stage B and scores
-def unseen_sets(cfg: Config) -> ev.EvalSets:
-    classes = ev.eval_classes(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split), None, False)
-    return ev.build_sets(cfg, classes, cfg.data.img_size)
-
-
 def metrics(cfg: Config, sets: ev.EvalSets, enc_img: Encode, enc_skt: Encode) -> tuple[dict[str, float], dict[str, float]]:
     """(mAP@all and P@100 of one model on the unseen classes, the chance level of the same gallery)."""
     feats, m = score(cfg, sets, enc_img, enc_skt, torch.device("cpu"))
@@ -252,14 +247,9 @@ def metrics(cfg: Config, sets: ev.EvalSets, enc_img: Encode, enc_skt: Encode) ->
 def teacher_and_start(cfg: Config, sets: ev.EvalSets, image_vit: Path) -> dict[str, dict[str, float]]:
     """Unseen-class scores of an image teacher alone and of the fusion ViT initialised from it (as the demo)."""
     teacher = load_teacher(image_vit).eval()
-    torch.manual_seed(cfg.train.seed)
-    n_train = len(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split).train_classes)
-    start = init_student_from_teacher(teacher, num_classes=n_train, token_num=cfg.model.token_num,
-                                      pos_resample=cfg.model.pos_resample).eval()
-    idx = cfg.eval.return_idx
+    enc_img, enc_skt, _ = start_model(cfg, teacher, torch.device("cpu"))
     rows = {"image teacher": metrics(cfg, sets, teacher.embed, teacher.embed)[0]}
-    rows["start"], rows["chance"] = metrics(cfg, sets, lambda x: start.features(x, "img", idx),
-                                            lambda x: start.features(x, "skt", idx))
+    rows["start"], rows["chance"] = metrics(cfg, sets, enc_img, enc_skt)
     return rows
 
 

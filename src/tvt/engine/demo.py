@@ -109,23 +109,40 @@ def _stage_a(cfg: Config, modality: str, init: str, out_dir: Path, device: str, 
     return train(c, resume=True, device=device, progress=progress)
 
 
-def encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device) -> dict[str, tuple[Any, Any, Any]]:
-    """name -> (encode photos, encode sketches, model) for the trained TVT, its start and the image ViT."""
+def start_model(cfg: Config, teacher: Any, device: torch.device) -> tuple[Any, Any, Any]:
+    """(encode photos, encode sketches, model) of the start: the fusion ViT initialised from the
+    image ViT ``teacher`` as stage B initialises it (seeded with ``train.seed``), before training."""
     from tvt.data.layout import load_split
-    from tvt.models.weights import init_student_from_teacher, load_encoder, load_teacher
+    from tvt.models.weights import init_student_from_teacher
 
-    teacher = load_teacher(image_vit).to(device).eval()
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
     torch.manual_seed(cfg.train.seed)
     start = init_student_from_teacher(teacher, num_classes=len(split.train_classes),
                                       token_num=cfg.model.token_num, pos_resample=cfg.model.pos_resample).to(device).eval()
-    tvt = load_encoder(tvt_ckpt, return_idx=cfg.eval.return_idx, device=device)
     idx = cfg.eval.return_idx
+    return lambda x: start.features(x, "img", idx), lambda x: start.features(x, "skt", idx), start
+
+
+def encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device) -> dict[str, tuple[Any, Any, Any]]:
+    """name -> (encode photos, encode sketches, model) for the trained TVT, its start and the image ViT."""
+    from tvt.models.weights import load_encoder, load_teacher
+
+    teacher = load_teacher(image_vit).to(device).eval()
+    start = start_model(cfg, teacher, device)
+    tvt = load_encoder(tvt_ckpt, return_idx=cfg.eval.return_idx, device=device)
     return {
         "tvt": (lambda x: tvt(x, "img"), lambda x: tvt(x, "skt"), tvt.model),
-        "start": (lambda x: start.features(x, "img", idx), lambda x: start.features(x, "skt", idx), start),
+        "start": start,
         "image_teacher": (teacher.embed, teacher.embed, teacher),
     }
+
+
+def unseen_sets(cfg: Config) -> ev.EvalSets:
+    """The evaluation sets of the unseen classes (sketch queries, photo gallery) at the config's size."""
+    from tvt.data.layout import load_split
+
+    classes = ev.eval_classes(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split), None, False)
+    return ev.build_sets(cfg, classes, cfg.data.img_size)
 
 
 def score(cfg: Config, sets: ev.EvalSets, enc_img: Any, enc_skt: Any, device: torch.device) -> tuple[dict, dict]:
@@ -175,7 +192,6 @@ def start_demo(out: str | Path, opts: DemoOptions, threads: int | None) -> tuple
 def run_demo(out: str | Path, opts: DemoOptions | None = None, *, device: str = "auto", progress: bool = True,
              threads: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; returns the content of ``metrics.json``."""
-    from tvt.data.layout import load_split
     from tvt.distributed import pick_device
 
     opts = opts or DemoOptions()
@@ -186,8 +202,7 @@ def run_demo(out: str | Path, opts: DemoOptions | None = None, *, device: str = 
         image_vit, _, tvt_ckpt = train_models(out, cfg, opts, device, progress, overall)
         with overall.stage("eval", "evaluation and figures"):
             dev = pick_device(device)
-            classes = ev.eval_classes(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split), None, False)
-            sets = ev.build_sets(cfg, classes, cfg.data.img_size)
+            sets = unseen_sets(cfg)
             results = evaluate_three(out, cfg, sets, image_vit, tvt_ckpt, dev)
     finally:
         overall.close()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tvt.engine.demo import DemoOptions, demo_config, encoders, score
+from tvt.engine.demo import DemoOptions, demo_config, encoders, score, start_model, unseen_sets
 from tvt.engine.demo_run import Overall
 from tvt.errors import ConfigError
 from tvt.eval import evaluate as ev
@@ -76,11 +76,11 @@ def run_ablation(out: str | Path, opts: DemoOptions, *, seeds: int = 2, device: 
     out = Path(out).resolve()
     cfg = demo_config(out, list(opts.overrides))
     dev = pick_device(device)
-    split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)
-    sets = ev.build_sets(cfg, ev.eval_classes(split, None, False), cfg.data.img_size)
-    seen_sets = ev.build_sets(cfg, list(split.train_classes), cfg.data.img_size)
+    sets = unseen_sets(cfg)
+    seen_sets = ev.build_sets(cfg, list(load_split(cfg.data.root, cfg.data.dataset, cfg.data.split).train_classes),
+                              cfg.data.img_size)
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["start"][SEEN], metrics["chance"][SEEN] = _seen_start(out, cfg, seen_sets, dev)
+    metrics["start"][SEEN], metrics["chance"][SEEN] = _seen_start(cfg, Path(_teachers(out)[0]), seen_sets, dev)
     runs = [(name, s) for name in VARIANTS for s in range(seeds)]
     # the demo's own tvt run is reused and costs nothing: weight 0 keeps the ETA from starting at 0 s
     overall = Overall({f"{n}/{s}": 0.0 if (n, s) == ("tvt", cfg.train.seed) else 1.0 for n, s in runs}, progress)
@@ -102,9 +102,11 @@ def run_ablation(out: str | Path, opts: DemoOptions, *, seeds: int = 2, device: 
     return result
 
 
-def _seen_start(out: Path, cfg: Any, seen_sets: ev.EvalSets, dev: Any) -> tuple[float, float]:
+def _seen_start(cfg: Any, image_vit: Path, seen_sets: ev.EvalSets, dev: Any) -> tuple[float, float]:
     """Training-class sketch -> photo mAP@all of the start (the fusion ViT before stage B) and its chance level."""
-    enc_img, enc_skt, _ = encoders(cfg, Path(_teachers(out)[0]), out / "tvt" / "checkpoint.pth", dev)["start"]
+    from tvt.models.weights import load_teacher
+
+    enc_img, enc_skt, _ = start_model(cfg, load_teacher(image_vit).to(dev).eval(), dev)
     feats, m = score(cfg, seen_sets, enc_img, enc_skt, dev)
     return float(m["mAP@all"]), chance_levels(feats["q_labels"], feats["g_labels"])["mAP@all"]
 

@@ -28,13 +28,13 @@ TOKEN_NAMES: dict[int, tuple[str, ...]] = {
 }
 
 
-
 def add_special_tokens(module: nn.Module, token_num: int, dim: int) -> None:
     """Register the [1, 1, dim] special-token parameters of ``token_num`` on ``module`` (trunc-normal 0.02)."""
     for name in TOKEN_NAMES[token_num]:
         token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(token, std=0.02)
         setattr(module, name, token)
+
 
 class FusionViT(VisionTransformer):
     """Fusion ViT: ``forward(x [N, 3, H, W]) -> tuple of token_num tensors [N, D]``.

@@ -277,8 +277,9 @@ def _make_compact(embeddings: np.ndarray, cache_dir: str | Path | None, cache_ke
     else:
         backend, recall = compact.build_calibrated(embeddings, queries, exact_ids, k_calibrate, target)
     if log:
-        log(f"{compact.NAME}: {backend.params['coarse']} codes, shortlist {backend.params['shortlist']} of {len(embeddings)} "
-            f"(calibration recall@{min(k_calibrate, len(embeddings))} {recall:.4f} before a {compact.DEFAULT_MARGIN}x margin)")
+        log(f"{compact.NAME}: {backend.params['coarse']} codes, shortlist {backend.params['shortlist']} of "
+            f"{len(embeddings)} (calibration recall@{min(k_calibrate, len(embeddings))} {recall:.4f} before a "
+            f"{compact.DEFAULT_MARGIN}x margin)")
     compact.save_cached(backend, cache_dir, cache_key)
     return backend
 
