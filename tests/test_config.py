@@ -6,6 +6,7 @@ import pytest
 
 from tvt import config
 from tvt.cli import main
+from tvt.config_values import CHOICES
 from tvt.errors import ConfigError
 
 
@@ -17,7 +18,7 @@ from tvt.errors import ConfigError
 def test_choice_typo_fails_at_load_naming_the_choices(key, bad):
     with pytest.raises(ConfigError, match=rf"{key}: '{bad}' is not one of") as info:
         config.load([], [f"{key}={bad}"])
-    for allowed in config.CHOICES[key]:
+    for allowed in CHOICES[key]:
         assert allowed in str(info.value)
 
 
