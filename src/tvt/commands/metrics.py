@@ -36,7 +36,7 @@ def load_feature_file(path: Path) -> tuple[Any, Any]:
     import numpy as np
 
     from tvt.errors import DataError
-    from tvt.eval.metrics import check_features, check_labels
+    from tvt.eval.metric_inputs import check_features, check_labels
 
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected an .npz with 'features' and 'labels'")

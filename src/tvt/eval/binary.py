@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from tvt.errors import DataError
-from tvt.eval.metrics import check_codes, check_features, retrieval_metrics
+from tvt.eval.metric_inputs import check_codes, check_features
+from tvt.eval.metrics import retrieval_metrics
 from tvt.vectors import l2_normalize as unit_rows  # here `l2_normalize` is the name of a flag
 
 _FORMAT = "tvt-itq-v1"

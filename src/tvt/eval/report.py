@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from tvt.errors import DataError
-from tvt.eval.metrics import check_features, check_labels, iter_relevant_ranks, retrieval_metrics
+from tvt.eval.metric_inputs import check_features, check_labels
+from tvt.eval.metrics import iter_relevant_ranks, retrieval_metrics
 from tvt.files import write_json
 from tvt.vectors import l2_normalize
 
