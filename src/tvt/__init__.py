@@ -25,7 +25,7 @@ _EXPORTS = {
     "Config": "tvt.config:Config",
     "load_config": "tvt.config:load",
     "create_model": "tvt.models.variants:create_model",
-    "load_encoder": "tvt.models.weights:load_encoder",
+    "load_encoder": "tvt.models.encoder:load_encoder",
     "train_sketch": "tvt.engine.train_dino:train",
     "train": "tvt.engine.train_tvt:train",
     "evaluate": "tvt.eval.evaluate:evaluate",
@@ -56,5 +56,5 @@ if TYPE_CHECKING:  # what static type checkers see; tests/test_package.py keeps 
     from tvt.eval.evaluate import evaluate
     from tvt.eval.metrics import retrieval_metrics
     from tvt.models.variants import create_model
-    from tvt.models.weights import load_encoder
+    from tvt.models.encoder import load_encoder
     from tvt.search.retriever import Retriever

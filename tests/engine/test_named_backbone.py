@@ -50,7 +50,8 @@ def _stage_a(cfg: config.Config, modality: str, init: str, out: Path, **kw: obje
 def test_grow_head_then_tvt(tiny_overrides, backbone_file, tmp_path):
     from tvt.engine.train_tvt import train
     from tvt.models.backbone_weights import load_named_backbone
-    from tvt.models.weights import load_encoder, load_teacher
+    from tvt.models.encoder import load_encoder
+    from tvt.models.weights import load_teacher
 
     cfg = _cfg(tiny_overrides, "sketch.epochs=1", "sketch.warmup_epochs=0", "train.epochs=1", "train.warmup_epochs=0",
                "train.max_steps_per_epoch=2")

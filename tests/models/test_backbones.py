@@ -17,8 +17,9 @@ from tvt.losses.hypersphere import CenterAlignment
 from tvt.losses.objective import tvt_loss
 from tvt.models.backbone_weights import load_named_backbone
 from tvt.models.backbones import BACKBONES, build_named_vit, pos_prefix_rows
+from tvt.models.encoder import load_encoder
 from tvt.models.heads import DINOHead
-from tvt.models.weights import arch_hints, init_student_from_teacher, load_encoder, load_teacher
+from tvt.models.weights import arch_hints, init_student_from_teacher, load_teacher
 from tvt.models.wrappers import Teacher
 
 FAMILIES = sorted(BACKBONES)

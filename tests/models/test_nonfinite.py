@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from tvt.errors import CheckpointError
-from tvt.models.weights import load_backbone, load_encoder, load_student, load_teacher
+from tvt.models.encoder import load_encoder
+from tvt.models.weights import load_backbone, load_student, load_teacher
 
 
 def _poison(state: dict, key: str, value: float) -> dict:

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from tvt.errors import CheckpointError
 from tvt.models.convert import infer_vit_arch
+from tvt.models.encoder import load_encoder
 from tvt.models.fusion import FusionViT
 from tvt.models.heads import DINOHead
 from tvt.models.vit import ViTArch, build_vit, conv_stem
-from tvt.models.weights import arch_hints, init_student_from_teacher, load_encoder, load_teacher
+from tvt.models.weights import arch_hints, init_student_from_teacher, load_teacher
 from tvt.models.wrappers import Teacher
 
 ARCH = ViTArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, stem="conv")

@@ -10,12 +10,12 @@ import torch
 
 from tvt.errors import CheckpointError
 from tvt.models.fusion import FusionViT
+from tvt.models.encoder import load_encoder
 from tvt.models.vit import ViTArch
 from tvt.models.weights import (
     arch_hints,
     init_student_from_teacher,
     load_backbone,
-    load_encoder,
     load_student,
     load_teacher,
     read_checkpoint,

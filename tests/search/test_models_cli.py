@@ -55,7 +55,7 @@ def test_export_then_index_and_search_equal_checkpoint(photos, synth_photos, tmp
 
 def test_folder_loads_without_unpickling(tmp_path, tiny_ckpt, monkeypatch):
     from tvt.models.export import export_model
-    from tvt.models.weights import load_encoder
+    from tvt.models.encoder import load_encoder
 
     # an evaluation beside the checkpoint ends up in the model card
     ckpt = tmp_path / "run" / "checkpoint.pth"

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from tvt.distributed import pick_device
     from tvt.errors import InputError
     from tvt.files import atomic_write
-    from tvt.models.weights import load_encoder
+    from tvt.models.encoder import load_encoder
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -125,7 +125,8 @@ def start_model(cfg: Config, teacher: Any, device: torch.device) -> tuple[Any, A
 
 def encoders(cfg: Config, image_vit: Path, tvt_ckpt: Path, device: torch.device) -> dict[str, tuple[Any, Any, Any]]:
     """name -> (encode photos, encode sketches, model) for the trained TVT, its start and the image ViT."""
-    from tvt.models.weights import load_encoder, load_teacher
+    from tvt.models.encoder import load_encoder
+    from tvt.models.weights import load_teacher
 
     teacher = load_teacher(image_vit).to(device).eval()
     start = start_model(cfg, teacher, device)

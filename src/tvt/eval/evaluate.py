@@ -185,7 +185,7 @@ def evaluate(cfg: Config, checkpoint: str | Path, *, device: str = "auto", progr
         ``cfg.eval.output_dir`` (default: ``eval/`` beside the checkpoint).
     """
     from tvt.distributed import setup
-    from tvt.models.weights import load_encoder, read_training_info
+    from tvt.models.encoder import load_encoder, read_training_info
 
     info = setup(device)  # torchrun: features sharded over ranks, reports from rank 0
     dev = info.device
@@ -213,7 +213,7 @@ def intra_modal(cfg: Config, checkpoint: str | Path, *, exclude_self: bool = Fal
     The official protocol keeps the query in the gallery [Q32]; ``exclude_self`` removes it.
     """
     from tvt.distributed import setup
-    from tvt.models.weights import load_encoder, read_training_info
+    from tvt.models.encoder import load_encoder, read_training_info
 
     dev = setup(device).device
     split = load_split(cfg.data.root, cfg.data.dataset, cfg.data.split)

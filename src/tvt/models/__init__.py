@@ -7,7 +7,8 @@ ViT backbones by name (:data:`BACKBONES`, :func:`build_named_vit`, :func:`load_n
 loading trained weights (:func:`load_encoder` / :func:`open_encoder` for retrieval features;
 :func:`load_student`, :func:`load_teacher`, :func:`load_backbone` for the modules), and the module
 classes. Plumbing stays in the submodules: checkpoint reading and headers in
-:mod:`tvt.models.weights` and :mod:`tvt.models.convert`, exported folders in :mod:`tvt.models.export`.
+:mod:`tvt.models.weights` and :mod:`tvt.models.convert`, encoders in :mod:`tvt.models.encoder`, exported
+folders in :mod:`tvt.models.export`.
 """
 
 from tvt.models.backbone_weights import load_named_backbone
@@ -17,14 +18,8 @@ from tvt.models.heads import DINOHead, FusionHead
 from tvt.models.resolve import open_encoder
 from tvt.models.variants import MODEL_VARIANTS, ModelVariant, create_model
 from tvt.models.vit import DinoViT, ViTArch, build_vit
-from tvt.models.weights import (
-    Encoder,
-    init_student_from_teacher,
-    load_backbone,
-    load_encoder,
-    load_student,
-    load_teacher,
-)
+from tvt.models.encoder import Encoder, load_encoder
+from tvt.models.weights import init_student_from_teacher, load_backbone, load_student, load_teacher
 from tvt.models.wrappers import Student, StudentOutput, Teacher
 
 __all__ = [

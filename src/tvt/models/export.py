@@ -7,7 +7,7 @@ Layout::
                         return_idx, feature size, classes it was trained on, licence, source
     README.md           model card: what it is, training data and config, metrics, licence
 
-:func:`tvt.models.weights.load_model_folder` (and ``load_encoder`` on the folder) reads it back
+:func:`tvt.models.encoder.load_model_folder` (and ``load_encoder`` on the folder) reads it back
 with ``json`` and ``safetensors`` only. Optimizer state, teachers and RNG states are left out.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 from tvt.errors import InputError
 from tvt.files import atomic_write, sha256_file, write_json, write_text
-from tvt.models.weights import (MODEL_FORMAT, MODEL_WEIGHTS, Encoder, arch_hints, load_encoder, read_checkpoint,
-                                training_info)
+from tvt.models.encoder import MODEL_FORMAT, MODEL_WEIGHTS, Encoder, load_encoder, training_info
+from tvt.models.weights import arch_hints, read_checkpoint
 
 PAPER_BACKBONE = "dino_vit"  # config.json "backbone" of the paper's DINO ViT (sizes in "arch")
 

@@ -3,7 +3,7 @@
 ``tvt index/search/serve/embed`` take either ``--checkpoint`` (a TVT or ViT checkpoint, or a
 model folder) or ``--backbone NAME --weights FILE`` (a pretrained backbone used directly as the
 encoder of sketches and photos, no training). :func:`open_encoder` turns those arguments into an
-:class:`~tvt.models.weights.Encoder`. Nothing is downloaded unless ``download=True`` is given
+:class:`~tvt.models.encoder.Encoder`. Nothing is downloaded unless ``download=True`` is given
 explicitly, and then the weights are saved to ``weights`` first so that every later command (and
 the index) refers to a local folder.
 """
@@ -17,7 +17,7 @@ import torch
 from tvt.errors import CheckpointError, InputError
 from tvt.models.backbone_weights import load_named_backbone
 from tvt.models.backbones import build_named_vit
-from tvt.models.weights import Encoder, load_encoder
+from tvt.models.encoder import Encoder, load_encoder
 
 
 def fetch_pretrained(backbone: str, folder: str | Path, img_size: int | None = None) -> Path:

@@ -5,7 +5,7 @@ of training classes is left to the caller. The registry is explicit and small on
 paper's model and the two CPU-sized models that the shipped configs train. Pretrained ViT
 backbones named by timm are :data:`tvt.models.backbones.BACKBONES`; a variant here is always an
 untrained model (weights come from training or from a checkpoint, see
-:func:`tvt.models.weights.load_encoder`).
+:func:`tvt.models.encoder.load_encoder`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Building models from checkpoints (spec §3): teachers, backbones, the TVT student, encoders.
+"""Building models from checkpoints (spec §3): teachers, backbones, the TVT student.
 
 Architectures are inferred from tensor shapes (see :mod:`tvt.models.convert`), so any ViT size
 loads. Loading is strict: a missing or unexpected key is a :class:`CheckpointError` naming the
 keys, never a silent fall-back to random weights [Q18]. Models loaded for inference
-(``load_backbone``, ``load_student``, ``load_encoder``) are returned in eval mode.
+(``load_backbone``, ``load_student``) are returned in eval mode. Retrieval encoders over these
+modules (``load_encoder``, exported model folders) are :mod:`tvt.models.encoder`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tvt.errors import CheckpointError, InputError
+from tvt.errors import CheckpointError
 from tvt.models.convert import (
     arch_hint,
     check_finite,
@@ -33,14 +34,12 @@ from tvt.models.fusion import POS_RESAMPLE_MODES, FusionViT, NamedFusionViT
 from tvt.models.heads import DINOHead, FusionHead
 from tvt.models.named import fusion_size, fusion_vit, heads_around, plain_from_state, student_from_teacher
 from tvt.models.vit import DinoViT, ViTArch, build_vit
-from tvt.models.wrappers import RETURN_IDX, Student, Teacher, check_modality
+from tvt.models.wrappers import Student, Teacher
 
 __all__ = [
-    "Encoder",
     "arch_hints",
     "init_student_from_teacher",
     "load_backbone",
-    "load_encoder",
     "load_student",
     "load_teacher",
     "read_checkpoint",
@@ -49,13 +48,14 @@ __all__ = [
 _TIMM_IGNORED = ("head.weight", "head.bias")  # timm classifier; not part of the backbone
 
 
-def _is_fusion_state(state: Mapping[str, Any]) -> bool:
+def is_fusion_state(state: Mapping[str, Any]) -> bool:
+    """Whether ``state`` holds a TVT fusion ViT (its fusion token), not a plain ViT."""
     return any(k.endswith("fusion_token") for k in state)
 
 
 def _backbone_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping) -> DinoViT:
     """DinoViT with ``backbone`` (flat keys) loaded strictly."""
-    if _is_fusion_state(backbone):
+    if is_fusion_state(backbone):
         raise CheckpointError(
             f"checkpoint {path} holds a TVT fusion ViT, not a plain ViT; use load_student or load_encoder"
         )
@@ -71,7 +71,7 @@ def _backbone_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping
     return model
 
 
-def _vit_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping) -> nn.Module:
+def vit_model(backbone: dict[str, Tensor], path: Path | str, hint: Mapping) -> nn.Module:
     """The plain ViT of ``backbone`` weights: named timm backbone per ``hint``, else DINO's ViT."""
     if hint.get("backbone"):
         check_finite(backbone, path)
@@ -126,7 +126,7 @@ def build_teacher(state: Mapping[str, Tensor], path: Path | str = "<state>", hin
     dims = infer_head_dims(head_state, path, "DINO head")
     if "out_dim" not in dims:
         raise CheckpointError(f"checkpoint {path}: the DINO head has no last_layer weights")
-    vit = _vit_model(backbone, path, hint or {})
+    vit = vit_model(backbone, path, hint or {})
     head = DINOHead(**dims)
     _load(head, head_state, path, "DINO head")
     return Teacher(vit, head)
@@ -148,7 +148,7 @@ def load_teacher(path: str | Path, key: str = "teacher", frozen: bool = False) -
     return teacher
 
 
-def _plain_vit(ckpt: Mapping[str, Any], path: Path | str) -> DinoViT | None:
+def plain_vit(ckpt: Mapping[str, Any], path: Path | str) -> DinoViT | None:
     """The plain ViT of a flat (DINO/timm) file or of a ``teacher`` entry; None if neither."""
     flat = flat_state(ckpt)
     if flat is not None and "patch_embed.proj.weight" in flat:
@@ -157,14 +157,14 @@ def _plain_vit(ckpt: Mapping[str, Any], path: Path | str) -> DinoViT | None:
         state = sub_state(clean_state(ckpt["teacher"], path, "teacher"), "backbone.")
     else:
         return None
-    return _vit_model(state, path, arch_hint(ckpt))
+    return vit_model(state, path, arch_hint(ckpt))
 
 
 def load_backbone(path: str | Path) -> DinoViT:
     """A plain ViT (CLS output) from DINO backbone-only, DINO full (its teacher), timm or our
     stage-A/image checkpoints. timm's ``head.*`` classifier is ignored. Eval mode."""
     ckpt = read_checkpoint(path)
-    vit = _plain_vit(ckpt, path)
+    vit = plain_vit(ckpt, path)
     if vit is None:
         raise CheckpointError(
             f"checkpoint {path} holds no plain ViT (entries: {describe(ckpt)}); expected a DINO/timm "
@@ -241,10 +241,11 @@ def init_student_from_teacher(
     return student
 
 
-def _student_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
+def student_state(ckpt: Mapping[str, Any], path: Path | str, key: str) -> dict[str, Tensor]:
+    """The TVT student weights of a checkpoint: its ``key`` entry, else a flat fusion-ViT state."""
     if key in ckpt:
         state = clean_state(ckpt[key], path, key)
-    elif (flat := flat_state(ckpt)) is not None and _is_fusion_state(flat):
+    elif (flat := flat_state(ckpt)) is not None and is_fusion_state(flat):
         state = clean_state(flat, path, "<flat>")
     else:
         raise CheckpointError(
@@ -294,7 +295,7 @@ def load_student(path: str | Path, key: str = "student", pos_resample: str | Non
     ``pos_resample`` None: the checkpoint's ``arch`` hint, else ``"fidelity"`` [Q10]. Eval mode.
     """
     ckpt = read_checkpoint(path)
-    return build_student(_student_state(ckpt, path, key), path, arch_hint(ckpt), pos_resample).eval()
+    return build_student(student_state(ckpt, path, key), path, arch_hint(ckpt), pos_resample).eval()
 
 
 def arch_hints(model: nn.Module) -> dict:
@@ -304,144 +305,3 @@ def arch_hints(model: nn.Module) -> dict:
     if isinstance(backbone, (FusionViT, NamedFusionViT)):
         out.update(token_num=backbone.token_num, pos_resample=backbone.pos_resample)
     return out
-
-
-MODEL_FORMAT = "tvt-model"  # config.json "format" of an exported model folder (tvt.models.export)
-MODEL_WEIGHTS = "model.safetensors"
-
-
-class Encoder:
-    """Callable feature extractor: ``encoder(x [N, 3, H, W], modality) -> [N, dim]`` (raw).
-
-    kind ``"tvt"``: ``Student.features(x, modality, return_idx)``; kind ``"vit"``: the pooled
-    feature of a plain ViT (CLS token, or the backbone's own pooling; ``return_idx`` and
-    ``modality`` do not change it). ``dim`` is the feature size, ``img_size`` the model's native
-    input side, ``patch_size`` its patch side, ``mean``/``std`` the input normalisation the
-    backbone was trained with (ImageNet's for DINO). ``info`` holds what is known about the
-    training (``dataset``, ``train_classes``, ``stage``; empty for foreign files).
-    Runs in eval mode under ``torch.inference_mode``.
-    """
-
-    def __init__(self, model: nn.Module, kind: str, return_idx: int = 0, device: str | torch.device = "cpu",
-                 info: Mapping[str, Any] | None = None) -> None:
-        from tvt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        if kind not in ("tvt", "vit"):
-            raise ValueError(f"kind must be 'tvt' or 'vit', got {kind!r}")
-        if return_idx not in RETURN_IDX:
-            raise InputError(f"return_idx must be one of {RETURN_IDX}, got {return_idx!r}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.kind, self.return_idx = kind, return_idx
-        backbone = getattr(model, "backbone", model)
-        self.img_size: int = backbone.arch.img_size
-        self.patch_size: int = backbone.arch.patch_size
-        self.mean: tuple[float, ...] = tuple(getattr(backbone.arch, "mean", IMAGENET_MEAN))
-        self.std: tuple[float, ...] = tuple(getattr(backbone.arch, "std", IMAGENET_STD))
-        self.info: dict[str, Any] = dict(info or {})
-        if kind == "tvt" and return_idx >= 2:
-            self.dim: int = model.head_fusion.fc.in_features
-        else:
-            self.dim = backbone.arch.embed_dim
-
-    def transform(self, size: int | None = None) -> Any:
-        """The evaluation transform for this model (resize to ``size`` or the native side, its mean/std)."""
-        from tvt.data.transforms import eval_transform
-
-        return eval_transform(size or self.img_size, mean=self.mean, std=self.std)
-
-    def __call__(self, x: Tensor, modality: str = "skt") -> Tensor:
-        """[N, 3, H, W] -> [N, dim] float features on ``self.device`` (not normalised)."""
-        check_modality(modality)
-        with torch.inference_mode():
-            x = x.to(self.device)
-            if self.kind == "tvt":
-                return self.model.features(x, modality, self.return_idx)
-            return self.model(x)
-
-
-def training_info(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint says about its training (for model cards and warnings)."""
-    keys = ("dataset", "split", "stage", "train_classes", "test_classes")
-    return {k: ckpt[k] for k in keys if isinstance(ckpt.get(k), (str, list))}
-
-
-def read_training_info(path: str | Path) -> dict[str, Any]:
-    """:func:`training_info` of a checkpoint file or of a model folder (its config.json)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        from tvt.models.backbone_weights import read_folder_config
-
-        cfg = read_folder_config(p)
-        return {k: cfg[k] for k in ("dataset", "split", "stage", "train_classes", "test_classes") if k in cfg}
-    return training_info(read_checkpoint(p))
-
-
-def load_model_folder(folder: str | Path, return_idx: int | None = None, device: str | torch.device = "cpu") -> Encoder:
-    """Encoder of a model folder written by ``tvt export`` (JSON + safetensors; nothing unpickled).
-
-    ``return_idx`` None: the folder's own ``return_idx``.
-    """
-    from safetensors.torch import load_file
-
-    from tvt.models.backbone_weights import read_folder_config
-
-    d = Path(folder).expanduser()
-    cfg = read_folder_config(d)
-    if cfg.get("format") != MODEL_FORMAT or cfg.get("kind") not in ("tvt", "vit"):
-        raise CheckpointError(f"{d / 'config.json'} is not a tvt model folder (format {cfg.get('format')!r}, "
-                              f"kind {cfg.get('kind')!r}); make one with `tvt export CHECKPOINT --out DIR`")
-    wfile = d / MODEL_WEIGHTS
-    try:
-        state = load_file(str(wfile), device="cpu")
-    except Exception as exc:  # safetensors raises its own errors for missing/cut files
-        raise CheckpointError(f"cannot read {wfile} ({type(exc).__name__}: {exc}); export the model again") from exc
-    hint = dict(cfg.get("arch") or {})
-    if cfg["kind"] == "tvt":
-        model: nn.Module = build_student(state, wfile, hint)
-    else:
-        model = _vit_model(dict(state), wfile, hint)
-    idx = int(cfg.get("return_idx", 0)) if return_idx is None else return_idx
-    info = {k: cfg[k] for k in ("dataset", "split", "stage", "train_classes", "test_classes") if k in cfg}
-    return Encoder(model, cfg["kind"], idx, device, info=info)
-
-
-def load_encoder(path: str | Path, return_idx: int | None = 0, device: str | torch.device = "cpu") -> Encoder:
-    """Encoder for a TVT student (ours or official), any plain ViT / teacher checkpoint, a model
-    folder of ``tvt export`` or a timm/Hugging Face model folder of a named backbone.
-
-    A TVT student is used when the file has one (``features`` with ``return_idx``); otherwise the
-    plain ViT (DINO backbone-only/full teacher, timm, our stage-A checkpoints) gives its pooled
-    feature and ``return_idx`` is ignored.
-
-    Args:
-        path: the checkpoint file or model folder.
-        return_idx: which TVT feature (0: the fusion token z_fus; see ``Student.features``); None: 0,
-            or an exported folder's own.
-        device: where the model runs.
-    Returns:
-        An :class:`Encoder`: ``encoder(x [N, 3, S, S], "img" | "skt") -> [N, dim]`` raw features,
-        with ``.dim``, ``.img_size`` (the native side S) and ``.model``.
-    """
-    p = Path(path).expanduser()
-    if p.is_dir():
-        from tvt.models.backbone_weights import load_named_backbone, read_folder_config
-
-        if read_folder_config(p).get("format") == MODEL_FORMAT:
-            return load_model_folder(p, return_idx, device)
-        vit = load_named_backbone(p)
-        return Encoder(vit, "vit", return_idx or 0, device, info={"pretrained_backbone": vit.arch.backbone})
-    return_idx = return_idx or 0
-    ckpt = read_checkpoint(p)
-    info = training_info(ckpt)
-    flat = flat_state(ckpt)
-    student_entry = isinstance(ckpt.get("student"), Mapping) and _is_fusion_state(ckpt["student"])
-    if student_entry or (flat is not None and _is_fusion_state(flat)):
-        model: nn.Module = build_student(_student_state(ckpt, p, "student"), p, arch_hint(ckpt))
-        return Encoder(model, "tvt", return_idx, device, info=info)
-    vit = _plain_vit(ckpt, p)
-    if vit is None:
-        raise CheckpointError(
-            f"checkpoint {p} holds neither a TVT student nor a ViT (entries: {describe(ckpt)})"
-        )
-    return Encoder(vit, "vit", return_idx, device, info=info)
